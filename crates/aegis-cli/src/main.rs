@@ -1,0 +1,569 @@
+//! `aegis` — the one command of AEGIS: keys, encryption at rest, re-encryption.
+//!
+//! Errors are one line on stderr with a non-zero exit; progress bars appear on long work when
+//! stderr is a terminal. Settings come from flags, then `AEGIS_*` environment variables.
+
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use aegis_crypto::file::{self, Input, Output};
+use aegis_crypto::keyset::KeyStatus;
+use aegis_crypto::reencrypt;
+use aegis_crypto::store::{Backend, KeyStore, StoreConfig};
+use aegis_crypto::{Format, KeyId, Keyset, v2};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// AEGIS: encryption at rest and key management for federated learning.
+#[derive(Parser, Debug)]
+#[command(name = "aegis", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Debug)]
+struct StoreArgs {
+    /// Where the master keys live: the OS keyring when usable, else the key file (auto); or
+    /// only one of them.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "AEGIS_KEYSTORE",
+        default_value = "auto"
+    )]
+    keystore: KeystoreArg,
+    /// The key file (the primary key, URL-safe Base64); the keyset document is PATH.keyset.
+    #[arg(
+        long,
+        global = true,
+        env = "AEGIS_KEY_FILE",
+        default_value = "aegis_key.key"
+    )]
+    key_file: PathBuf,
+    /// Accept key files that group or others can read (not recommended).
+    #[arg(long, global = true, env = "AEGIS_ALLOW_LOOSE_PERMISSIONS")]
+    allow_loose_permissions: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum KeystoreArg {
+    Auto,
+    Keyring,
+    File,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Manage master keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Encrypt a file (or stdin, as `-`).
+    Encrypt(EncryptArgs),
+    /// Decrypt a v1 or v2 file (or stdin, as `-`); nothing is written unless it authenticates.
+    Decrypt(DecryptArgs),
+    /// Bring every encrypted file under DIRs to the primary key (crash-safe, resumable).
+    Reencrypt(ReencryptArgs),
+    /// Show the format, key id and sizes of encrypted files (no key needed, no secrets shown).
+    Inspect {
+        /// Files to describe.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// Create the first master key (in the OS keyring when usable, else in the key file).
+    Init,
+    /// List the keys: id, status, creation time, where they are stored.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a new primary key; the old one stays for decryption. Then run `aegis reencrypt`.
+    Rotate,
+    /// Stop using a retained key; refused while any file under the roots still needs it.
+    Retire {
+        /// The key id (16 hex digits, see `aegis key status`).
+        id: KeyId,
+        /// Directories whose files are checked (all of them; at least one).
+        #[arg(long = "root", required = true)]
+        roots: Vec<PathBuf>,
+    },
+    /// Undo `retire`.
+    Reinstate {
+        /// The key id.
+        id: KeyId,
+    },
+    /// Erase a retired key for good (crypto-shredding): files still under it become unreadable.
+    Destroy {
+        /// The key id.
+        id: KeyId,
+        /// Repeat the key id to confirm.
+        #[arg(long, value_name = "ID")]
+        confirm: Option<KeyId>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FormatArg {
+    /// NONCE ‖ CIPHERTEXT ‖ TAG, readable by the Python system.
+    V1,
+    /// Chunked stream with a header (default).
+    V2,
+}
+
+#[derive(Args, Debug)]
+struct EncryptArgs {
+    /// Input file, or `-` for stdin.
+    input: PathBuf,
+    /// Output file, or `-` for stdout [default: INPUT.enc, stdout for stdin].
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "v2")]
+    format: FormatArg,
+    /// v2 chunk size in KiB (a power of two, 4..=16384).
+    #[arg(long, default_value_t = 64)]
+    chunk_kib: u32,
+    /// Replace the output file if it exists.
+    #[arg(short, long)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
+struct DecryptArgs {
+    /// Input file, or `-` for stdin.
+    input: PathBuf,
+    /// Output file, or `-` for stdout [default: INPUT without `.enc`, stdout for stdin].
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Replace the output file if it exists.
+    #[arg(short, long)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
+struct ReencryptArgs {
+    /// Directories (or files) to process, recursively.
+    #[arg(required = true)]
+    roots: Vec<PathBuf>,
+    /// Turn v1 blobs into v2 files (the Python system can then no longer read them).
+    #[arg(long)]
+    migrate_v1: bool,
+    /// Only report what would be done.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AEGIS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .without_time()
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the chain joined, no backtrace.
+            let msg = e
+                .chain()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(": ");
+            eprintln!("aegis: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn store(args: &StoreArgs) -> KeyStore {
+    KeyStore::new(StoreConfig {
+        backend: match args.keystore {
+            KeystoreArg::Auto => Backend::Auto,
+            KeystoreArg::Keyring => Backend::Keyring,
+            KeystoreArg::File => Backend::File,
+        },
+        key_file: args.key_file.clone(),
+        allow_loose_permissions: args.allow_loose_permissions,
+        ..StoreConfig::default()
+    })
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let ks = store(&cli.store);
+    match cli.cmd {
+        Cmd::Key(k) => key_cmd(&ks, &cli.store, k),
+        Cmd::Encrypt(a) => encrypt(&ks, a),
+        Cmd::Decrypt(a) => decrypt(&ks, a),
+        Cmd::Reencrypt(a) => reencrypt_cmd(&ks, &cli.store, a),
+        Cmd::Inspect { files } => inspect(&files),
+    }
+}
+
+fn key_cmd(store: &KeyStore, args: &StoreArgs, cmd: KeyCmd) -> Result<ExitCode> {
+    match cmd {
+        KeyCmd::Init => {
+            let (keys, loc) = store.init()?;
+            println!("created primary key {} in {loc}", keys.primary_id());
+        }
+        KeyCmd::Status { json } => {
+            let (keys, loc) = store.load()?;
+            print_status(&keys, &loc.to_string(), json)?;
+        }
+        KeyCmd::Rotate => {
+            let (mut keys, loc) = store.load()?;
+            let old = keys.primary_id();
+            let new = keys.rotate()?;
+            store.save(&keys, &loc)?;
+            println!("new primary key {new} in {loc}; {old} is retained for decryption");
+            println!("next: `aegis reencrypt DIR...` brings existing files under {new}");
+        }
+        KeyCmd::Retire { id, roots } => {
+            let (mut keys, loc) = store.load()?;
+            if keys.entry(id).is_none() {
+                bail!("no key {id} in the keyset");
+            }
+            let usage = reencrypt::scan(&keys, &roots, &exclusions(args))?;
+            if !usage.journals.is_empty() {
+                bail!(
+                    "an interrupted re-encryption left {} journal(s) (first: {}); run `aegis reencrypt` first",
+                    usage.journals.len(),
+                    usage
+                        .journals
+                        .first()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                );
+            }
+            if let Some(files) = usage.by_key.get(&id) {
+                bail!(
+                    "key {id} is still needed by {} file(s) under the given roots (first: {}); run `aegis reencrypt` first",
+                    files.len(),
+                    files
+                        .first()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                );
+            }
+            if let Some((p, why)) = usage.failed.first() {
+                bail!(
+                    "{} file(s) could not be checked (first: {}: {why}); nothing was changed",
+                    usage.failed.len(),
+                    p.display()
+                );
+            }
+            keys.retire(id)?;
+            store.save(&keys, &loc)?;
+            println!(
+                "key {id} retired (no file under the given roots needs it); `aegis key destroy {id}` erases it"
+            );
+        }
+        KeyCmd::Reinstate { id } => {
+            let (mut keys, loc) = store.load()?;
+            keys.reinstate(id)?;
+            store.save(&keys, &loc)?;
+            println!("key {id} is retained again and decrypts");
+        }
+        KeyCmd::Destroy { id, confirm } => {
+            let (mut keys, loc) = store.load()?;
+            match keys.entry(id).map(|e| e.status) {
+                None => bail!("no key {id} in the keyset"),
+                Some(KeyStatus::Retired | KeyStatus::Destroyed) => {}
+                Some(s) => bail!(
+                    "key {id} is {s}; retire it (which checks no file needs it) before destroying it"
+                ),
+            }
+            if confirm != Some(id) {
+                bail!(
+                    "destroying key {id} makes every file still under it unreadable for ever; repeat the id to confirm: --confirm {id}"
+                );
+            }
+            keys.destroy(id)?;
+            store.save(&keys, &loc)?;
+            println!("key {id} destroyed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(keys: &Keyset, loc: &str, json: bool) -> Result<()> {
+    if json {
+        let keys_json: Vec<serde_json::Value> = keys
+            .entries()
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "id": e.id.to_string(),
+                    "status": e.status.to_string(),
+                    "created": e.created,
+                    "changed": e.changed,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({ "location": loc, "primary": keys.primary_id().to_string(), "keys": keys_json });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!("keyset in {loc}");
+    println!("{:<18} {:<10} CREATED", "ID", "STATUS");
+    for e in keys.entries() {
+        println!(
+            "{:<18} {:<10} {}",
+            e.id.to_string(),
+            e.status.to_string(),
+            KeyStore::describe_time(e.created)
+        );
+    }
+    Ok(())
+}
+
+fn exclusions(args: &StoreArgs) -> Vec<PathBuf> {
+    let mut doc = args.key_file.clone().into_os_string();
+    doc.push(".keyset");
+    vec![args.key_file.clone(), PathBuf::from(doc)]
+}
+
+fn is_dash(p: &Path) -> bool {
+    p.as_os_str() == "-"
+}
+
+fn input_of(p: &Path) -> Input {
+    if is_dash(p) {
+        Input::Stdin
+    } else {
+        Input::Path(p.to_path_buf())
+    }
+}
+
+fn output_of(p: PathBuf, force: bool) -> Output {
+    if is_dash(&p) {
+        Output::Stdout
+    } else {
+        Output::Path {
+            path: p,
+            overwrite: force,
+        }
+    }
+}
+
+fn bytes_bar(input: &Path) -> ProgressBar {
+    let len = if is_dash(input) {
+        None
+    } else {
+        std::fs::metadata(input).ok().map(|m| m.len())
+    };
+    let target = if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(len, target);
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn encrypt(store: &KeyStore, a: EncryptArgs) -> Result<ExitCode> {
+    let (keys, _) = store.load()?;
+    let chunk_log2 = match a.chunk_kib {
+        k if k.is_power_of_two() && (4..=16384).contains(&k) => 10 + k.trailing_zeros() as u8,
+        k => bail!("--chunk-kib {k}: must be a power of two from 4 to 16384"),
+    };
+    let output = match a.output {
+        Some(o) => o,
+        None if is_dash(&a.input) => PathBuf::from("-"),
+        None => {
+            let mut o = a.input.clone().into_os_string();
+            o.push(".enc");
+            PathBuf::from(o)
+        }
+    };
+    let format = match a.format {
+        FormatArg::V1 => Format::V1,
+        FormatArg::V2 => Format::V2,
+    };
+    let bar = bytes_bar(&a.input);
+    let out = file::encrypt(
+        keys.primary(),
+        &input_of(&a.input),
+        &output_of(output.clone(), a.force),
+        format,
+        v2::Options {
+            chunk_log2,
+            ..v2::Options::default()
+        },
+        &mut |n| bar.inc(n),
+    )
+    .with_context(|| format!("encrypting {}", a.input.display()))?;
+    bar.finish_and_clear();
+    if !is_dash(&output) {
+        eprintln!(
+            "encrypted {} bytes → {} ({}, key {})",
+            out.plaintext_len,
+            output.display(),
+            out.format,
+            out.key_id
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn decrypt(store: &KeyStore, a: DecryptArgs) -> Result<ExitCode> {
+    let (keys, _) = store.load()?;
+    let output = match a.output {
+        Some(o) => o,
+        None if is_dash(&a.input) => PathBuf::from("-"),
+        None => match a.input.extension() {
+            Some(e) if e == "enc" => a.input.with_extension(""),
+            _ => bail!(
+                "cannot derive the output name from {} (no .enc suffix); pass -o OUT or -o -",
+                a.input.display()
+            ),
+        },
+    };
+    let bar = bytes_bar(&a.input);
+    let out = file::decrypt(
+        &keys,
+        &input_of(&a.input),
+        &output_of(output.clone(), a.force),
+        &mut |n| bar.inc(n),
+    )
+    .with_context(|| format!("decrypting {}", a.input.display()))?;
+    bar.finish_and_clear();
+    if !is_dash(&output) {
+        eprintln!(
+            "decrypted {} bytes → {} ({}, key {})",
+            out.plaintext_len,
+            output.display(),
+            out.format,
+            out.key_id
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reencrypt_cmd(store: &KeyStore, args: &StoreArgs, a: ReencryptArgs) -> Result<ExitCode> {
+    let (keys, _) = store.load()?;
+    let opts = reencrypt::Options {
+        migrate_v1: a.migrate_v1,
+        dry_run: a.dry_run,
+        exclude: exclusions(args),
+    };
+    let target = if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(None, target);
+    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} files {wide_msg}") {
+        bar.set_style(style);
+    }
+    let report = reencrypt::reencrypt(&keys, &a.roots, &opts, &mut |p, total| {
+        bar.set_length(total as u64);
+        bar.set_message(p.display().to_string());
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    let verb = if a.dry_run {
+        " (dry run: nothing written)"
+    } else {
+        ""
+    };
+    println!(
+        "{} files scanned under primary key {}: {} already current, {} v2 rewrapped, {} v1 re-encrypted, {} v1 migrated to v2{verb}",
+        report.scanned,
+        keys.primary_id(),
+        report.current,
+        report.rewrapped,
+        report.reencrypted_v1,
+        report.migrated_v1
+    );
+    if report.recovered + report.temp_removed > 0 {
+        println!(
+            "recovered from an interrupted run: {} header(s) repaired, {} temporary file(s) removed",
+            report.recovered, report.temp_removed
+        );
+    }
+    if !report.not_opened.is_empty() {
+        eprintln!(
+            "note: {} file(s) open with no available key (not AEGIS files, or under a retired/destroyed key), left as they are; first: {}",
+            report.not_opened.len(),
+            report
+                .not_opened
+                .first()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+    }
+    for (p, k) in &report.unknown_key {
+        eprintln!(
+            "aegis: {}: under key {k}, which this keyset cannot use",
+            p.display()
+        );
+    }
+    for (p, why) in &report.failed {
+        eprintln!("aegis: {}: {why}", p.display());
+    }
+    if !report.failed.is_empty() || !report.unknown_key.is_empty() {
+        bail!(
+            "{} file(s) could not be brought under the primary key",
+            report.failed.len() + report.unknown_key.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(files: &[PathBuf]) -> Result<ExitCode> {
+    let mut failed = 0;
+    for f in files {
+        match file::inspect(f) {
+            Ok(i) => {
+                let key = i
+                    .key_id
+                    .map(|k| k.to_string())
+                    .unwrap_or_else(|| "- (v1 names no key)".into());
+                let chunk = i
+                    .chunk_size
+                    .map(|c| format!(", chunk {} KiB", c / 1024))
+                    .unwrap_or_default();
+                let pt = i
+                    .plaintext_len
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "? (truncated or not an AEGIS file)".into());
+                println!(
+                    "{}: format {}, key {key}{chunk}, {} bytes on disk, {pt} bytes of plaintext",
+                    f.display(),
+                    i.format,
+                    i.file_len
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("aegis: error: {}: {e}", f.display());
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

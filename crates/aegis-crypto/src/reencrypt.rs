@@ -1,0 +1,419 @@
+//! Bring every encrypted file under some directories to the primary key — crash-safe and
+//! resumable — and find which files still need which key.
+//!
+//! * v2 files: only the 99-byte header is rewritten ([`v2::Header::rewrap`]), O(1) per file.
+//!   Headers of one directory are rewritten as a batch under a journal
+//!   (`.aegis-rewrap.journal`, written atomically before the first header and removed after the
+//!   batch is synced): if the machine dies mid-batch, the next run (or scan) finds the journal
+//!   and repairs any torn header from it. A process kill cannot tear a 99-byte `pwrite`, and a
+//!   file whose header was not yet rewritten is still under a retained key, so at every moment
+//!   every file decrypts with the keyset on disk.
+//! * v1 files: re-encrypted whole (or migrated to v2 on request) into a temporary file in the
+//!   same directory that is fsynced and renamed over the original.
+//! * Resumable: the scan is idempotent; files already under the primary are left alone.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{self, AtomicFile, TEMP_PREFIX};
+use crate::key::KeyId;
+use crate::keyset::Keyset;
+use crate::{v1, v2};
+
+/// Name of the per-directory rewrap journal.
+pub const JOURNAL_NAME: &str = ".aegis-rewrap.journal";
+const JOURNAL_MAGIC: &[u8; 8] = b"AEGISJ\x00\x01";
+
+/// Re-encryption settings.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Turn v1 blobs into v2 files (the Python system can no longer read them).
+    pub migrate_v1: bool,
+    /// Only report what would be done.
+    pub dry_run: bool,
+    /// Paths never touched (the key file and keyset document, when under a root).
+    pub exclude: Vec<PathBuf>,
+}
+
+/// What a run found and did.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Regular files looked at.
+    pub scanned: usize,
+    /// Already under the primary key.
+    pub current: usize,
+    /// v2 headers rewrapped (or that would be, in a dry run).
+    pub rewrapped: usize,
+    /// v1 blobs re-encrypted as v1.
+    pub reencrypted_v1: usize,
+    /// v1 blobs migrated to v2.
+    pub migrated_v1: usize,
+    /// Headers repaired from a journal left by an interrupted run.
+    pub recovered: usize,
+    /// Stale temporary files of an interrupted run removed.
+    pub temp_removed: usize,
+    /// Files that no available key opens: not AEGIS files, or under a retired/destroyed key.
+    pub not_opened: Vec<PathBuf>,
+    /// v2 files under a key the keyset cannot use.
+    pub unknown_key: Vec<(PathBuf, KeyId)>,
+    /// Files that could not be processed, with the reason.
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+/// What one file needs.
+#[derive(Debug)]
+enum Class {
+    Current,
+    /// v2 under another usable key: the rewrapped header, and the old one.
+    Rewrap {
+        old: [u8; v2::HEADER_LEN],
+        new: [u8; v2::HEADER_LEN],
+        from: KeyId,
+    },
+    /// v1 under a usable key (maybe the primary, when migrating): the plaintext.
+    V1 {
+        plaintext: zeroize::Zeroizing<Vec<u8>>,
+        from: KeyId,
+    },
+    NotOpened,
+    UnknownKey(KeyId),
+}
+
+/// Which key each file under `roots` needs (v2 by header, v1 by trial decryption).
+#[derive(Clone, Debug, Default)]
+pub struct Usage {
+    /// Files per key.
+    pub by_key: BTreeMap<KeyId, Vec<PathBuf>>,
+    /// Files no available key opens.
+    pub not_opened: Vec<PathBuf>,
+    /// Directories with an unfinished rewrap journal.
+    pub journals: Vec<PathBuf>,
+    /// Files that could not be read.
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+struct Listing {
+    /// Files grouped by directory.
+    by_dir: BTreeMap<PathBuf, Vec<PathBuf>>,
+    temps: Vec<PathBuf>,
+    journals: Vec<PathBuf>,
+    count: usize,
+}
+
+fn list(roots: &[PathBuf], exclude: &[PathBuf]) -> Result<Listing> {
+    let exclude: Vec<PathBuf> = exclude
+        .iter()
+        .filter_map(|p| fs::canonicalize(p).ok())
+        .collect();
+    let mut l = Listing {
+        by_dir: BTreeMap::new(),
+        temps: Vec::new(),
+        journals: Vec::new(),
+        count: 0,
+    };
+    for root in roots {
+        if !root.exists() {
+            return Err(Error::io(
+                format!("{} does not exist", root.display()),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        for entry in walkdir::WalkDir::new(root)
+            .follow_links(false)
+            .sort_by_file_name()
+        {
+            let entry = entry.map_err(|e| {
+                let p = e
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                Error::io(format!("walking {p}"), e.into())
+            })?;
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            let path = entry.path().to_path_buf();
+            let name = entry.file_name().to_string_lossy();
+            if name.starts_with(TEMP_PREFIX) {
+                l.temps.push(path);
+                continue;
+            }
+            if name == JOURNAL_NAME {
+                l.journals.push(path);
+                continue;
+            }
+            if let Ok(c) = fs::canonicalize(&path)
+                && exclude.contains(&c)
+            {
+                continue;
+            }
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            l.by_dir.entry(dir).or_default().push(path);
+            l.count += 1;
+        }
+    }
+    Ok(l)
+}
+
+fn classify(path: &Path, keys: &Keyset, want_v1_plaintext_for_primary: bool) -> Result<Class> {
+    let mut f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+    let mut head = [0u8; v2::HEADER_LEN];
+    let mut got = 0;
+    while got < head.len() {
+        let n = f
+            .read(head.get_mut(got..).unwrap_or_default())
+            .ctx(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    let prefix = head.get(..got).unwrap_or_default();
+    if v2::has_magic(prefix) {
+        let h = v2::Header::parse(prefix)?;
+        let primary = keys.primary_id();
+        if h.key_id() == primary {
+            return Ok(Class::Current);
+        }
+        if keys.decryption_key(h.key_id()).is_none() {
+            return Ok(Class::UnknownKey(h.key_id()));
+        }
+        let new = h.rewrap(keys, keys.primary())?;
+        return Ok(Class::Rewrap {
+            old: head,
+            new: new.to_bytes(),
+            from: h.key_id(),
+        });
+    }
+    if got < v1::OVERHEAD {
+        return Ok(Class::NotOpened);
+    }
+    let mut blob = prefix.to_vec();
+    f.read_to_end(&mut blob)
+        .ctx(|| format!("reading {}", path.display()))?;
+    match v1::open_with_keyset(keys, &blob) {
+        Ok((pt, from)) => {
+            if from == keys.primary_id() && !want_v1_plaintext_for_primary {
+                Ok(Class::Current)
+            } else {
+                Ok(Class::V1 {
+                    plaintext: zeroize::Zeroizing::new(pt),
+                    from,
+                })
+            }
+        }
+        Err(Error::NoKeyOpens { .. } | Error::Malformed(_)) => Ok(Class::NotOpened),
+        Err(e) => Err(e),
+    }
+}
+
+/// Re-encrypt everything under `roots` to the primary key of `keys`. `progress` is called once
+/// per file with the file count of the whole run.
+pub fn reencrypt(
+    keys: &Keyset,
+    roots: &[PathBuf],
+    opts: &Options,
+    progress: &mut dyn FnMut(&Path, usize),
+) -> Result<Report> {
+    let listing = list(roots, &opts.exclude)?;
+    let mut report = Report::default();
+    if !opts.dry_run {
+        for j in &listing.journals {
+            report.recovered += recover_journal(j, keys)?;
+        }
+        for t in &listing.temps {
+            if fs::remove_file(t).is_ok() {
+                report.temp_removed += 1;
+            }
+        }
+    }
+    for (dir, files) in &listing.by_dir {
+        let mut batch: Vec<(PathBuf, [u8; v2::HEADER_LEN], [u8; v2::HEADER_LEN])> = Vec::new();
+        for path in files {
+            report.scanned += 1;
+            progress(path, listing.count);
+            match classify(path, keys, opts.migrate_v1) {
+                Ok(Class::Current) => report.current += 1,
+                Ok(Class::Rewrap { old, new, from: _ }) => {
+                    report.rewrapped += 1;
+                    batch.push((path.clone(), old, new));
+                }
+                Ok(Class::V1 { plaintext, from: _ }) => {
+                    if opts.migrate_v1 {
+                        report.migrated_v1 += 1;
+                    } else {
+                        report.reencrypted_v1 += 1;
+                    }
+                    if !opts.dry_run
+                        && let Err(e) = rewrite_v1(path, keys, &plaintext, opts.migrate_v1)
+                    {
+                        report.failed.push((path.clone(), e.to_string()));
+                    }
+                }
+                Ok(Class::NotOpened) => report.not_opened.push(path.clone()),
+                Ok(Class::UnknownKey(k)) => report.unknown_key.push((path.clone(), k)),
+                Err(e) => report.failed.push((path.clone(), e.to_string())),
+            }
+        }
+        if !opts.dry_run && !batch.is_empty() {
+            rewrap_batch(dir, &batch)?;
+        }
+    }
+    Ok(report)
+}
+
+fn rewrite_v1(path: &Path, keys: &Keyset, plaintext: &[u8], migrate: bool) -> Result<()> {
+    let meta = fs::metadata(path).ctx(|| format!("reading {}", path.display()))?;
+    let mut out = AtomicFile::create(path)?;
+    out.set_mode(fsutil::mode_of(&meta))?;
+    let sealed = if migrate {
+        v2::seal(keys.primary(), plaintext, v2::Options::default())?
+    } else {
+        v1::seal(keys.primary(), plaintext)?
+    };
+    out.file()
+        .write_all(&sealed)
+        .ctx(|| format!("writing {}", path.display()))?;
+    out.commit(true)
+}
+
+fn journal_bytes(batch: &[(PathBuf, [u8; v2::HEADER_LEN], [u8; v2::HEADER_LEN])]) -> Vec<u8> {
+    let mut j = JOURNAL_MAGIC.to_vec();
+    for (path, old, new) in batch {
+        let name = path
+            .file_name()
+            .map(|n| n.as_encoded_bytes().to_vec())
+            .unwrap_or_default();
+        j.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        j.extend_from_slice(&name);
+        j.extend_from_slice(old);
+        j.extend_from_slice(new);
+    }
+    j
+}
+
+fn write_header(path: &Path, header: &[u8]) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .ctx(|| format!("opening {} for the header rewrite", path.display()))?;
+    f.write_all(header)
+        .ctx(|| format!("rewriting the header of {}", path.display()))
+}
+
+/// Sync everything written in the file system holding `dir` (one call per batch instead of one
+/// fsync per file).
+fn sync_fs_of(dir: &Path) -> Result<()> {
+    let d = File::open(dir).ctx(|| format!("opening {}", dir.display()))?;
+    rustix::fs::syncfs(&d).map_err(|e| Error::io(format!("syncing {}", dir.display()), e.into()))
+}
+
+fn rewrap_batch(
+    dir: &Path,
+    batch: &[(PathBuf, [u8; v2::HEADER_LEN], [u8; v2::HEADER_LEN])],
+) -> Result<()> {
+    let journal = dir.join(JOURNAL_NAME);
+    let mut j = AtomicFile::create(&journal)?;
+    j.file()
+        .write_all(&journal_bytes(batch))
+        .ctx(|| format!("writing {}", journal.display()))?;
+    j.commit(true)?;
+    for (path, _, new) in batch {
+        write_header(path, new)?;
+    }
+    sync_fs_of(dir)?;
+    fs::remove_file(&journal).ctx(|| format!("removing {}", journal.display()))?;
+    fsutil::sync_dir(dir)
+}
+
+/// Repair the files named in a rewrap journal left by an interrupted run; returns how many
+/// headers had to be rewritten.
+pub fn recover_journal(journal: &Path, keys: &Keyset) -> Result<usize> {
+    let dir = journal.parent().unwrap_or(Path::new("."));
+    let bytes = fs::read(journal).ctx(|| format!("reading {}", journal.display()))?;
+    let mut rest = bytes
+        .strip_prefix(JOURNAL_MAGIC.as_slice())
+        .ok_or(Error::Malformed("rewrap journal: bad magic"))?;
+    let mut repaired = 0;
+    while !rest.is_empty() {
+        let (len, r) = rest
+            .split_first_chunk::<4>()
+            .ok_or(Error::Malformed("rewrap journal: truncated"))?;
+        let len = u32::from_be_bytes(*len) as usize;
+        let name = r
+            .get(..len)
+            .ok_or(Error::Malformed("rewrap journal: truncated"))?;
+        let r = r.get(len..).unwrap_or_default();
+        let (old, r) = r
+            .split_first_chunk::<{ v2::HEADER_LEN }>()
+            .ok_or(Error::Malformed("rewrap journal: truncated"))?;
+        let (new, r) = r
+            .split_first_chunk::<{ v2::HEADER_LEN }>()
+            .ok_or(Error::Malformed("rewrap journal: truncated"))?;
+        rest = r;
+        let name =
+            std::str::from_utf8(name).map_err(|_| Error::Malformed("rewrap journal: file name"))?;
+        if name.contains('/') || name == ".." || name.is_empty() {
+            return Err(Error::Malformed("rewrap journal: file name"));
+        }
+        let path = dir.join(name);
+        let mut cur = [0u8; v2::HEADER_LEN];
+        let Ok(mut f) = File::open(&path) else {
+            continue; // deleted since: nothing to repair
+        };
+        if f.read_exact(&mut cur).is_err() {
+            continue;
+        }
+        if cur == *new || cur == *old {
+            continue;
+        }
+        // Torn header: restore one that authenticates with the keyset, preferring the new one.
+        let pick = [new, old]
+            .into_iter()
+            .find(|h| v2::Header::parse(*h).and_then(|h| h.verify(keys)).is_ok());
+        match pick {
+            Some(h) => {
+                write_header(&path, h)?;
+                repaired += 1;
+            }
+            None => {
+                return Err(Error::Keyset(format!(
+                    "{}: header torn by an interrupted rewrap and neither journaled header opens with this keyset",
+                    path.display()
+                )));
+            }
+        }
+    }
+    sync_fs_of(dir)?;
+    fs::remove_file(journal).ctx(|| format!("removing {}", journal.display()))?;
+    fsutil::sync_dir(dir)?;
+    Ok(repaired)
+}
+
+/// Which key every file under `roots` needs. Read-only.
+pub fn scan(keys: &Keyset, roots: &[PathBuf], exclude: &[PathBuf]) -> Result<Usage> {
+    let listing = list(roots, exclude)?;
+    let mut usage = Usage {
+        journals: listing.journals,
+        ..Usage::default()
+    };
+    for path in listing.by_dir.into_values().flatten() {
+        match classify(&path, keys, false) {
+            Ok(Class::Current) => usage
+                .by_key
+                .entry(keys.primary_id())
+                .or_default()
+                .push(path),
+            Ok(Class::Rewrap { from, .. } | Class::V1 { from, .. }) => {
+                usage.by_key.entry(from).or_default().push(path)
+            }
+            Ok(Class::UnknownKey(k)) => usage.by_key.entry(k).or_default().push(path),
+            Ok(Class::NotOpened) => usage.not_opened.push(path),
+            Err(e) => usage.failed.push((path, e.to_string())),
+        }
+    }
+    Ok(usage)
+}

@@ -1,0 +1,545 @@
+//! Where keys live: the OS keyring (Secret Service, Keychain, Credential Manager through the
+//! `keyring-core` stores) or the fallback key file, as in the Python system.
+//!
+//! | item | OS keyring (service `aegis_core`) | key file backend |
+//! |---|---|---|
+//! | primary key (URL-safe Base64, what the Python system reads and writes) | user `aegis_master_key_v2` | `aegis_key.key` |
+//! | keyset document (JSON: every key with status, times, material) | user `aegis_master_key_v2/keyset` | `aegis_key.key.keyset` |
+//!
+//! The primary entry is authoritative: a key another program (the Python system) put there is
+//! adopted as primary and the keyset document is updated to remember it. Updates write the
+//! keyset document first and the primary entry second, so a crash between the two leaves the
+//! old primary in force with the new key merely retained — no key is ever lost.
+//!
+//! Lookup order (backend `auto`): the keyring entry, then the file. Any keyring failure other
+//! than "no entry" (no D-Bus, no Secret Service, locked) falls back to the file with a one-line
+//! warning.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use keyring_core::{CredentialStore, Entry};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::key::SecretKey;
+use crate::keyset::{Keyset, StoredKeyset, now_secs};
+
+/// Keyring service name of the Python system.
+pub const SERVICE: &str = "aegis_core";
+/// Keyring user name of the primary key.
+pub const PRIMARY_USER: &str = "aegis_master_key_v2";
+/// Keyring user name of the keyset document.
+pub const KEYSET_USER: &str = "aegis_master_key_v2/keyset";
+/// Default key file name (relative to the working directory, as in the Python system).
+pub const DEFAULT_KEY_FILE: &str = "aegis_key.key";
+/// The attribute Python `keyring` sets on the items it creates; set on ours too so a later
+/// Python `set_password` updates our item instead of adding a duplicate.
+const PY_APPLICATION: (&str, &str) = ("application", "Python keyring library");
+/// Largest key file accepted (a key is 44 characters).
+const MAX_KEY_FILE: u64 = 4096;
+/// Largest keyset document accepted.
+const MAX_KEYSET_DOC: u64 = 1 << 20;
+
+/// Which store to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// The keyring when usable, else the file (lookup: keyring entry, then file).
+    #[default]
+    Auto,
+    /// The OS keyring only; its failures are errors.
+    Keyring,
+    /// The key file only.
+    File,
+}
+
+/// Key store settings.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Backend choice.
+    pub backend: Backend,
+    /// The key file (primary key); the keyset document sits next to it with `.keyset` appended.
+    pub key_file: PathBuf,
+    /// Accept key files readable by group or others.
+    pub allow_loose_permissions: bool,
+    /// Keyring service name.
+    pub service: String,
+    /// Keyring user name of the primary key.
+    pub user: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: Backend::Auto,
+            key_file: PathBuf::from(DEFAULT_KEY_FILE),
+            allow_loose_permissions: false,
+            service: SERVICE.to_string(),
+            user: PRIMARY_USER.to_string(),
+        }
+    }
+}
+
+/// Where a keyset lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// The OS keyring (service, user of the primary entry).
+    Keyring {
+        /// Service name.
+        service: String,
+        /// User name of the primary entry.
+        user: String,
+    },
+    /// The key file.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Keyring { service, user } => write!(f, "OS keyring ({service}/{user})"),
+            Location::File(p) => write!(f, "key file {}", p.display()),
+        }
+    }
+}
+
+/// The key store: loads and persists keysets.
+pub struct KeyStore {
+    config: StoreConfig,
+}
+
+/// Result of looking at the keyring.
+enum Probe {
+    Found(Keyring, SecretKey),
+    Empty,
+    Unusable(String),
+}
+
+/// A connected keyring with the two entries.
+struct Keyring {
+    primary: Entry,
+    keyset: Entry,
+    service: String,
+    user: String,
+}
+
+fn keyring_err(e: &keyring_core::Error) -> String {
+    // keyring-core's Display never includes secrets except for Ambiguous (which lists entries,
+    // not values) and BadEncoding (which we never format); describe those ourselves.
+    match e {
+        keyring_core::Error::BadEncoding(_) => "stored value is not UTF-8 text".to_string(),
+        keyring_core::Error::BadDataFormat(..) => "stored value is malformed".to_string(),
+        keyring_core::Error::Ambiguous(v) => format!("{} matching items", v.len()),
+        other => {
+            let s = other.to_string();
+            s.lines().next().unwrap_or_default().to_string()
+        }
+    }
+}
+
+impl Keyring {
+    fn connect(service: &str, user: &str) -> std::result::Result<Self, String> {
+        let store: Arc<CredentialStore> = connect_os_store()?;
+        let primary = Entry::new_in_store(&store, service, user).map_err(|e| keyring_err(&e))?;
+        let keyset = Entry::new_in_store(&store, service, &format!("{user}/keyset"))
+            .map_err(|e| keyring_err(&e))?;
+        Ok(Keyring {
+            primary,
+            keyset,
+            service: service.to_string(),
+            user: user.to_string(),
+        })
+    }
+
+    fn location(&self) -> Location {
+        Location::Keyring {
+            service: self.service.clone(),
+            user: self.user.clone(),
+        }
+    }
+
+    fn name(&self) -> String {
+        format!("keyring entry {}/{}", self.service, self.user)
+    }
+
+    /// Read an entry's text; `Ok(None)` when there is no such entry. Duplicate items holding the
+    /// same value are tolerated (with a warning); differing duplicates are an error.
+    fn read(entry: &Entry, what: &str) -> Result<Option<Zeroizing<String>>> {
+        match entry.get_password() {
+            Ok(s) => Ok(Some(Zeroizing::new(s))),
+            Err(keyring_core::Error::NoEntry) => Ok(None),
+            Err(keyring_core::Error::Ambiguous(items)) => {
+                let mut first: Option<Zeroizing<String>> = None;
+                for item in &items {
+                    let v = Zeroizing::new(
+                        item.get_password()
+                            .map_err(|e| Error::Keyring(format!("{what}: {}", keyring_err(&e))))?,
+                    );
+                    match &first {
+                        None => first = Some(v),
+                        Some(f) if f.trim() == v.trim() => {}
+                        Some(_) => {
+                            return Err(Error::Keyring(format!(
+                                "{what}: {} items in the Secret Service hold different values; \
+                                 delete the stale ones (secret-tool search --all service {}) and retry",
+                                items.len(),
+                                SERVICE
+                            )));
+                        }
+                    }
+                }
+                tracing::warn!(
+                    "{what}: {} duplicate keyring items hold the same value; using it",
+                    items.len()
+                );
+                Ok(first)
+            }
+            Err(e) => Err(Error::Keyring(format!("{what}: {}", keyring_err(&e)))),
+        }
+    }
+
+    /// Write an entry (every duplicate, if there are several) and tag it like Python does.
+    fn write(entry: &Entry, what: &str, value: &str) -> Result<()> {
+        let attrs: HashMap<&str, &str> = HashMap::from([PY_APPLICATION]);
+        match entry.set_password(value) {
+            Ok(()) => entry
+                .update_attributes(&attrs)
+                .or_else(|e| match e {
+                    keyring_core::Error::NotSupportedByStore(_) => Ok(()),
+                    e => Err(e),
+                })
+                .map_err(|e| Error::Keyring(format!("{what}: {}", keyring_err(&e)))),
+            Err(keyring_core::Error::Ambiguous(items)) => {
+                for item in &items {
+                    item.set_password(value)
+                        .map_err(|e| Error::Keyring(format!("{what}: {}", keyring_err(&e))))?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(Error::Keyring(format!("{what}: {}", keyring_err(&e)))),
+        }
+    }
+}
+
+/// The platform's credential store.
+fn connect_os_store() -> std::result::Result<Arc<CredentialStore>, String> {
+    #[cfg(any(target_os = "linux", target_os = "freebsd", target_os = "openbsd"))]
+    {
+        if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none()
+            && std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        {
+            return Err("no D-Bus session bus".to_string());
+        }
+        let s = zbus_secret_service_keyring_store::Store::new().map_err(|e| keyring_err(&e))?;
+        Ok(s)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd", target_os = "openbsd")))]
+    {
+        Err("no OS keyring support is compiled in for this platform".to_string())
+    }
+}
+
+impl KeyStore {
+    /// A store with these settings (no I/O yet).
+    pub fn new(config: StoreConfig) -> Self {
+        KeyStore { config }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn keyset_file(&self) -> PathBuf {
+        let mut p = self.config.key_file.clone().into_os_string();
+        p.push(".keyset");
+        PathBuf::from(p)
+    }
+
+    fn probe_keyring(&self) -> Result<Probe> {
+        let kr = match Keyring::connect(&self.config.service, &self.config.user) {
+            Ok(k) => k,
+            Err(why) => return Ok(Probe::Unusable(why)),
+        };
+        let name = kr.name();
+        match Keyring::read(&kr.primary, &name) {
+            Ok(Some(text)) => {
+                let key = SecretKey::from_base64(&text, &name)?;
+                Ok(Probe::Found(kr, key))
+            }
+            Ok(None) => Ok(Probe::Empty),
+            // Differing duplicates are a real problem, not an unusable keyring.
+            Err(e @ Error::Keyring(_)) if matches!(&e, Error::Keyring(m) if m.contains("hold different values")) => {
+                Err(e)
+            }
+            Err(Error::Keyring(why)) => Ok(Probe::Unusable(why)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Load the keyset, following the lookup order. Fails with a clear message when no key
+    /// exists anywhere (run `aegis key init`).
+    pub fn load(&self) -> Result<(Keyset, Location)> {
+        if self.config.backend != Backend::File {
+            match self.probe_keyring()? {
+                Probe::Found(kr, key) => {
+                    let ks = self.load_keyring_keyset(&kr, key)?;
+                    return Ok((ks, kr.location()));
+                }
+                Probe::Empty if self.config.backend == Backend::Keyring => {
+                    return Err(Error::Keyset(format!(
+                        "no key in keyring entry {}/{}; run `aegis key init`",
+                        self.config.service, self.config.user
+                    )));
+                }
+                Probe::Unusable(why) if self.config.backend == Backend::Keyring => {
+                    return Err(Error::Keyring(why));
+                }
+                Probe::Empty => {}
+                Probe::Unusable(why) => {
+                    tracing::warn!(
+                        "OS keyring unusable ({why}); using key file {}",
+                        self.config.key_file.display()
+                    );
+                }
+            }
+        }
+        let path = &self.config.key_file;
+        if !path.exists() {
+            return Err(Error::Keyset(match self.config.backend {
+                Backend::File => format!("no key file {}; run `aegis key init`", path.display()),
+                _ => format!(
+                    "no key found (neither keyring entry {}/{} nor key file {}); run `aegis key init`",
+                    self.config.service,
+                    self.config.user,
+                    path.display()
+                ),
+            }));
+        }
+        let key = self.read_key_file(path)?;
+        let ks = self.load_file_keyset(key)?;
+        Ok((ks, Location::File(path.clone())))
+    }
+
+    fn read_secret_file(&self, path: &Path, limit: u64) -> Result<Zeroizing<String>> {
+        let mut f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+        let meta = f.metadata().ctx(|| format!("reading {}", path.display()))?;
+        if !self.config.allow_loose_permissions {
+            let mode = fsutil::mode_of(&meta);
+            if mode & 0o077 != 0 {
+                return Err(Error::LoosePermissions {
+                    path: path.to_path_buf(),
+                    mode: mode & 0o777,
+                });
+            }
+        }
+        if meta.len() > limit {
+            return Err(Error::CorruptKey {
+                location: path.display().to_string(),
+                reason: "file is far too large to be a key",
+            });
+        }
+        let mut buf = Zeroizing::new(Vec::new());
+        f.read_to_end(&mut buf)
+            .ctx(|| format!("reading {}", path.display()))?;
+        let text = String::from_utf8(std::mem::take(&mut *buf)).map_err(|_| Error::CorruptKey {
+            location: path.display().to_string(),
+            reason: "not text",
+        })?;
+        Ok(Zeroizing::new(text))
+    }
+
+    fn read_key_file(&self, path: &Path) -> Result<SecretKey> {
+        let text = self.read_secret_file(path, MAX_KEY_FILE)?;
+        SecretKey::from_base64(&text, &path.display().to_string())
+    }
+
+    fn parse_doc(text: &str, location: &str) -> Result<StoredKeyset> {
+        serde_json::from_str(text).map_err(|_| Error::CorruptKey {
+            location: location.to_string(),
+            reason: "keyset document is not valid",
+        })
+    }
+
+    fn load_file_keyset(&self, primary: SecretKey) -> Result<Keyset> {
+        let doc_path = self.keyset_file();
+        if !doc_path.exists() {
+            let ks = Keyset::new(primary, None);
+            self.remember_adopted(&ks, &Location::File(self.config.key_file.clone()));
+            return Ok(ks);
+        }
+        let loc = doc_path.display().to_string();
+        let text = self.read_secret_file(&doc_path, MAX_KEYSET_DOC)?;
+        let doc = Self::parse_doc(&text, &loc)?;
+        let adopted = !doc_mentions(&doc, &primary);
+        let ks = Keyset::from_stored(doc, primary, &loc)?;
+        if adopted {
+            self.remember_adopted(&ks, &Location::File(self.config.key_file.clone()));
+        }
+        Ok(ks)
+    }
+
+    fn load_keyring_keyset(&self, kr: &Keyring, primary: SecretKey) -> Result<Keyset> {
+        let what = format!("keyring entry {}/{}/keyset", kr.service, kr.user);
+        match Keyring::read(&kr.keyset, &what)? {
+            None => {
+                let ks = Keyset::new(primary, None);
+                self.remember_adopted(&ks, &kr.location());
+                Ok(ks)
+            }
+            Some(text) => {
+                let doc = Self::parse_doc(&text, &what)?;
+                let adopted = !doc_mentions(&doc, &primary);
+                let ks = Keyset::from_stored(doc, primary, &what)?;
+                if adopted {
+                    self.remember_adopted(&ks, &kr.location());
+                }
+                Ok(ks)
+            }
+        }
+    }
+
+    /// A primary key that another program wrote is recorded in the keyset document, so that a
+    /// later overwrite of the primary entry cannot lose it. Best effort: a failure is a warning.
+    fn remember_adopted(&self, ks: &Keyset, loc: &Location) {
+        if let Err(e) = self.write_doc(ks, loc) {
+            tracing::warn!("could not record the keyset in {loc}: {e}");
+        }
+    }
+
+    fn write_doc(&self, ks: &Keyset, loc: &Location) -> Result<()> {
+        let doc = Zeroizing::new(
+            serde_json::to_string_pretty(&ks.to_stored())
+                .map_err(|_| Error::Malformed("keyset serialization"))?,
+        );
+        match loc {
+            Location::File(_) => fsutil::replace_private(&self.keyset_file(), doc.as_bytes()),
+            Location::Keyring { service, user } => {
+                let kr = Keyring::connect(service, user).map_err(Error::Keyring)?;
+                Keyring::write(
+                    &kr.keyset,
+                    &format!("keyring entry {service}/{user}/keyset"),
+                    &doc,
+                )
+            }
+        }
+    }
+
+    fn write_primary(&self, ks: &Keyset, loc: &Location) -> Result<()> {
+        let text = ks.primary().to_base64();
+        match loc {
+            Location::File(p) => fsutil::replace_private(p, text.as_bytes()),
+            Location::Keyring { service, user } => {
+                let kr = Keyring::connect(service, user).map_err(Error::Keyring)?;
+                Keyring::write(&kr.primary, &kr.name(), &text)
+            }
+        }
+    }
+
+    /// Create a new keyset with a fresh primary key. Refuses if a key already exists in the
+    /// keyring entry or the key file (a corrupt key file counts: it is never overwritten).
+    pub fn init(&self) -> Result<(Keyset, Location)> {
+        let path = self.config.key_file.clone();
+        let file_exists = path.exists() || self.keyset_file().exists();
+        let mut use_keyring = false;
+        if self.config.backend != Backend::File {
+            match self.probe_keyring()? {
+                Probe::Found(kr, _) => {
+                    return Err(Error::Keyset(format!(
+                        "a key already exists in {}; nothing was changed",
+                        kr.location()
+                    )));
+                }
+                Probe::Empty => use_keyring = true,
+                Probe::Unusable(why) if self.config.backend == Backend::Keyring => {
+                    return Err(Error::Keyring(why));
+                }
+                Probe::Unusable(why) => {
+                    tracing::warn!(
+                        "OS keyring unusable ({why}); using key file {}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        if file_exists && self.config.backend != Backend::Keyring {
+            return Err(Error::Keyset(format!(
+                "key file {} already exists; nothing was changed",
+                path.display()
+            )));
+        }
+        let ks = Keyset::generate()?;
+        if use_keyring {
+            let loc = Location::Keyring {
+                service: self.config.service.clone(),
+                user: self.config.user.clone(),
+            };
+            match self
+                .write_doc(&ks, &loc)
+                .and_then(|()| self.write_primary(&ks, &loc))
+            {
+                Ok(()) => return Ok((ks, loc)),
+                Err(e) if self.config.backend == Backend::Auto => {
+                    tracing::warn!(
+                        "could not store the key in the OS keyring ({e}); using key file {}",
+                        path.display()
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // The key file is created 0600 with O_EXCL; the document first, so a crash leaves no
+        // key file without its document.
+        let doc = Zeroizing::new(
+            serde_json::to_string_pretty(&ks.to_stored())
+                .map_err(|_| Error::Malformed("keyset serialization"))?,
+        );
+        fsutil::create_private(&self.keyset_file(), doc.as_bytes())?;
+        fsutil::create_private(&path, ks.primary().to_base64().as_bytes())?;
+        Ok((ks, Location::File(path)))
+    }
+
+    /// Persist a keyset whose primary may have changed (rotation): the document first, then
+    /// the primary entry.
+    pub fn save(&self, ks: &Keyset, loc: &Location) -> Result<()> {
+        self.write_doc(ks, loc)?;
+        self.write_primary(ks, loc)
+    }
+
+    /// When the keyset was last changed (for status output).
+    pub fn describe_time(secs: Option<u64>) -> String {
+        match secs {
+            None => "unknown".to_string(),
+            Some(s) => {
+                let age = now_secs().saturating_sub(s);
+                format!("{s} ({} ago)", human_age(age))
+            }
+        }
+    }
+}
+
+fn doc_mentions(doc: &StoredKeyset, key: &SecretKey) -> bool {
+    doc.contains(key.id())
+}
+
+fn human_age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// Remove a file if it exists (tests and tooling).
+pub fn remove_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+    }
+}
