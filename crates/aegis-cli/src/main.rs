@@ -51,6 +51,12 @@ struct StoreArgs {
     /// Accept key files that group or others can read (not recommended).
     #[arg(long, global = true, env = "AEGIS_ALLOW_LOOSE_PERMISSIONS")]
     allow_loose_permissions: bool,
+    /// OS keyring service name of the master key.
+    #[arg(long, global = true, env = "AEGIS_KEYRING_SERVICE", default_value = "aegis_core")]
+    keyring_service: String,
+    /// OS keyring user name of the primary key (the keyset document is USER/keyset).
+    #[arg(long, global = true, env = "AEGIS_KEYRING_USER", default_value = "aegis_master_key_v2")]
+    keyring_user: String,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -200,7 +206,8 @@ fn store(args: &StoreArgs) -> KeyStore {
         },
         key_file: args.key_file.clone(),
         allow_loose_permissions: args.allow_loose_permissions,
-        ..StoreConfig::default()
+        service: args.keyring_service.clone(),
+        user: args.keyring_user.clone(),
     })
 }
 

@@ -1,2 +1,161 @@
-//! Placeholder, replaced by the benchmark author.
-fn main() {}
+//! Criterion benchmarks of the at-rest half, in memory (no file I/O): the v1 blob, the v2
+//! stream (one core and all cores), and the v2 header rewrap that key rotation costs per file.
+//!
+//! ```text
+//! cargo bench -p aegis-crypto --bench atrest            # everything, about 1–2 minutes
+//! cargo bench -p aegis-crypto --bench atrest -- v2_     # only the v2 groups
+//! ```
+//!
+//! Throughput is plaintext bytes per second. `bench/atrest.sh` measures the same code through
+//! the `aegis` binary on real files and compares it with OpenSSL and Python `cryptography`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use aegis_crypto::{Keyset, v1, v2};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+const MIB: usize = 1 << 20;
+/// log2 of the v2 chunk size benchmarked (the CLI default, 64 KiB).
+const CHUNK_LOG2: u8 = 16;
+
+/// `len` bytes of cheap pseudo-random data (AES does not care what it encrypts).
+fn data(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn label(len: usize) -> String {
+    format!("{}MiB", len / MIB)
+}
+
+fn keys() -> (Keyset, Keyset) {
+    let keyset = Keyset::generate().unwrap();
+    let mut ks2 = keyset.clone();
+    ks2.rotate().unwrap();
+    (keyset, ks2)
+}
+
+fn configure(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+}
+
+fn bench_v1(c: &mut Criterion) {
+    let (keyset, _) = keys();
+    let key = keyset.primary();
+    let mut g = c.benchmark_group("v1");
+    configure(&mut g);
+    for len in [MIB, 64 * MIB] {
+        let pt = data(len);
+        let blob = v1::seal(key, &pt).unwrap();
+        g.throughput(Throughput::Bytes(len as u64));
+        g.bench_with_input(BenchmarkId::new("seal", label(len)), &pt, |b, pt| {
+            b.iter(|| v1::seal(key, black_box(pt)).unwrap());
+        });
+        g.bench_with_input(BenchmarkId::new("open", label(len)), &blob, |b, blob| {
+            b.iter(|| v1::open(key, black_box(blob)).unwrap());
+        });
+    }
+    g.finish();
+}
+
+fn bench_v2_encrypt(c: &mut Criterion) {
+    let (keyset, _) = keys();
+    let key = keyset.primary();
+    let len = 64 * MIB;
+    let pt = data(len);
+    let mut g = c.benchmark_group("v2_encrypt");
+    configure(&mut g);
+    g.throughput(Throughput::Bytes(len as u64));
+    for parallel in [false, true] {
+        let name = if parallel { "parallel" } else { "sequential" };
+        g.bench_with_input(BenchmarkId::new(name, label(len)), &pt, |b, pt| {
+            b.iter(|| {
+                let opts = v2::Options {
+                    chunk_log2: CHUNK_LOG2,
+                    parallel,
+                };
+                v2::Encryptor::new(std::io::sink(), key, opts)
+                    .unwrap()
+                    .encrypt_from(&mut black_box(&pt[..]))
+                    .unwrap()
+            });
+        });
+    }
+    g.finish();
+}
+
+fn bench_v2_decrypt(c: &mut Criterion) {
+    let (keyset, _) = keys();
+    let len = 64 * MIB;
+    let pt = data(len);
+    let opts = v2::Options {
+        chunk_log2: CHUNK_LOG2,
+        parallel: true,
+    };
+    let blob = v2::seal(keyset.primary(), &pt, opts).unwrap();
+    let mut g = c.benchmark_group("v2_decrypt");
+    configure(&mut g);
+    g.throughput(Throughput::Bytes(len as u64));
+    g.bench_with_input(BenchmarkId::new("open_to_vec", label(len)), &blob, |b, blob| {
+        b.iter(|| v2::open(&keyset, black_box(blob)).unwrap());
+    });
+    g.bench_with_input(BenchmarkId::new("sequential", label(len)), &blob, |b, blob| {
+        b.iter(|| {
+            v2::Decryptor::new(black_box(&blob[..]), &keyset)
+                .unwrap()
+                .sequential()
+                .decrypt_to(&mut std::io::sink())
+                .unwrap()
+        });
+    });
+    g.bench_with_input(BenchmarkId::new("parallel", label(len)), &blob, |b, blob| {
+        b.iter(|| {
+            v2::Decryptor::new(black_box(&blob[..]), &keyset)
+                .unwrap()
+                .decrypt_to(&mut std::io::sink())
+                .unwrap()
+        });
+    });
+    g.finish();
+}
+
+fn bench_rewrap(c: &mut Criterion) {
+    let (keyset, ks2) = keys();
+    let new_key = ks2.primary();
+    let blob = v2::seal(keyset.primary(), &data(4096), v2::Options::default()).unwrap();
+    let mut g = c.benchmark_group("v2_rewrap");
+    configure(&mut g);
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse_rewrap_header", |b| {
+        b.iter(|| {
+            v2::Header::parse(black_box(&blob))
+                .unwrap()
+                .rewrap(&keyset, new_key)
+                .unwrap()
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_v1,
+    bench_v2_encrypt,
+    bench_v2_decrypt,
+    bench_rewrap
+);
+criterion_main!(benches);

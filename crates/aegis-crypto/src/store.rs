@@ -33,8 +33,6 @@ use crate::keyset::{Keyset, StoredKeyset, now_secs};
 pub const SERVICE: &str = "aegis_core";
 /// Keyring user name of the primary key.
 pub const PRIMARY_USER: &str = "aegis_master_key_v2";
-/// Keyring user name of the keyset document.
-pub const KEYSET_USER: &str = "aegis_master_key_v2/keyset";
 /// Default key file name (relative to the working directory, as in the Python system).
 pub const DEFAULT_KEY_FILE: &str = "aegis_key.key";
 /// The attribute Python `keyring` sets on the items it creates; set on ours too so a later
@@ -185,9 +183,8 @@ impl Keyring {
                         Some(_) => {
                             return Err(Error::Keyring(format!(
                                 "{what}: {} items in the Secret Service hold different values; \
-                                 delete the stale ones (secret-tool search --all service {}) and retry",
+                                 delete the stale ones (see `secret-tool search --all service NAME`) and retry",
                                 items.len(),
-                                SERVICE
                             )));
                         }
                     }
