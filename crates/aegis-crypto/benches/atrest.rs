@@ -109,26 +109,38 @@ fn bench_v2_decrypt(c: &mut Criterion) {
     let mut g = c.benchmark_group("v2_decrypt");
     configure(&mut g);
     g.throughput(Throughput::Bytes(len as u64));
-    g.bench_with_input(BenchmarkId::new("open_to_vec", label(len)), &blob, |b, blob| {
-        b.iter(|| v2::open(&keyset, black_box(blob)).unwrap());
-    });
-    g.bench_with_input(BenchmarkId::new("sequential", label(len)), &blob, |b, blob| {
-        b.iter(|| {
-            v2::Decryptor::new(black_box(&blob[..]), &keyset)
-                .unwrap()
-                .sequential()
-                .decrypt_to(&mut std::io::sink())
-                .unwrap()
-        });
-    });
-    g.bench_with_input(BenchmarkId::new("parallel", label(len)), &blob, |b, blob| {
-        b.iter(|| {
-            v2::Decryptor::new(black_box(&blob[..]), &keyset)
-                .unwrap()
-                .decrypt_to(&mut std::io::sink())
-                .unwrap()
-        });
-    });
+    g.bench_with_input(
+        BenchmarkId::new("open_to_vec", label(len)),
+        &blob,
+        |b, blob| {
+            b.iter(|| v2::open(&keyset, black_box(blob)).unwrap());
+        },
+    );
+    g.bench_with_input(
+        BenchmarkId::new("sequential", label(len)),
+        &blob,
+        |b, blob| {
+            b.iter(|| {
+                v2::Decryptor::new(black_box(&blob[..]), &keyset)
+                    .unwrap()
+                    .sequential()
+                    .decrypt_to(&mut std::io::sink())
+                    .unwrap()
+            });
+        },
+    );
+    g.bench_with_input(
+        BenchmarkId::new("parallel", label(len)),
+        &blob,
+        |b, blob| {
+            b.iter(|| {
+                v2::Decryptor::new(black_box(&blob[..]), &keyset)
+                    .unwrap()
+                    .decrypt_to(&mut std::io::sink())
+                    .unwrap()
+            });
+        },
+    );
     g.finish();
 }
 
