@@ -52,10 +52,20 @@ struct StoreArgs {
     #[arg(long, global = true, env = "AEGIS_ALLOW_LOOSE_PERMISSIONS")]
     allow_loose_permissions: bool,
     /// OS keyring service name of the master key.
-    #[arg(long, global = true, env = "AEGIS_KEYRING_SERVICE", default_value = "aegis_core")]
+    #[arg(
+        long,
+        global = true,
+        env = "AEGIS_KEYRING_SERVICE",
+        default_value = "aegis_core"
+    )]
     keyring_service: String,
     /// OS keyring user name of the primary key (the keyset document is USER/keyset).
-    #[arg(long, global = true, env = "AEGIS_KEYRING_USER", default_value = "aegis_master_key_v2")]
+    #[arg(
+        long,
+        global = true,
+        env = "AEGIS_KEYRING_USER",
+        default_value = "aegis_master_key_v2"
+    )]
     keyring_user: String,
 }
 

@@ -353,12 +353,12 @@ impl StoredKeyset {
 struct StoredKey {
     id: KeyId,
     status: KeyStatus,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     created: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     changed: Option<u64>,
     /// URL-safe Base64; absent once destroyed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     key: Option<String>,
 }
 

@@ -417,3 +417,117 @@ pub fn scan(keys: &Keyset, roots: &[PathBuf], exclude: &[PathBuf]) -> Result<Usa
     }
     Ok(usage)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn v2_file(dir: &Path, name: &str, keys: &Keyset, pt: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        fs::write(
+            &p,
+            v2::seal(keys.primary(), pt, v2::Options::default()).unwrap(),
+        )
+        .unwrap();
+        p
+    }
+
+    #[test]
+    fn torn_header_is_repaired_from_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keys = Keyset::generate().unwrap();
+        let a = v2_file(dir.path(), "a", &keys, b"alpha");
+        let b = v2_file(dir.path(), "b", &keys, b"beta");
+        keys.rotate().unwrap();
+        let old_a: [u8; v2::HEADER_LEN] =
+            fs::read(&a).unwrap()[..v2::HEADER_LEN].try_into().unwrap();
+        let old_b: [u8; v2::HEADER_LEN] =
+            fs::read(&b).unwrap()[..v2::HEADER_LEN].try_into().unwrap();
+        let new_a = v2::Header::parse(&old_a)
+            .unwrap()
+            .rewrap(&keys, keys.primary())
+            .unwrap()
+            .to_bytes();
+        let new_b = v2::Header::parse(&old_b)
+            .unwrap()
+            .rewrap(&keys, keys.primary())
+            .unwrap()
+            .to_bytes();
+        // A power cut in the middle of the batch: the journal is there, `a` has a torn header
+        // (half new, half old), `b` was not written yet.
+        let batch = vec![(a.clone(), old_a, new_a), (b.clone(), old_b, new_b)];
+        fs::write(dir.path().join(JOURNAL_NAME), journal_bytes(&batch)).unwrap();
+        let mut torn = new_a;
+        torn[50..].copy_from_slice(&old_a[50..]);
+        write_header(&a, &torn).unwrap();
+        assert!(crate::open(&keys, &fs::read(&a).unwrap()).is_err());
+
+        let usage = scan(&keys, &[dir.path().to_path_buf()], &[]).unwrap();
+        assert_eq!(
+            usage.journals.len(),
+            1,
+            "scan reports the unfinished journal"
+        );
+
+        let report = reencrypt(
+            &keys,
+            &[dir.path().to_path_buf()],
+            &Options::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(report.recovered, 1);
+        assert!(!dir.path().join(JOURNAL_NAME).exists());
+        assert_eq!(
+            crate::open(&keys, &fs::read(&a).unwrap()).unwrap(),
+            b"alpha"
+        );
+        assert_eq!(crate::open(&keys, &fs::read(&b).unwrap()).unwrap(), b"beta");
+        let usage = scan(&keys, &[dir.path().to_path_buf()], &[]).unwrap();
+        assert_eq!(
+            usage.by_key.keys().copied().collect::<Vec<_>>(),
+            vec![keys.primary_id()]
+        );
+    }
+
+    #[test]
+    fn journal_with_a_path_escape_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keyset::generate().unwrap();
+        let batch = vec![(
+            PathBuf::from("x"),
+            [0u8; v2::HEADER_LEN],
+            [0u8; v2::HEADER_LEN],
+        )];
+        let mut j = journal_bytes(&batch);
+        // Replace the name "x" by "/": a journal can only name files of its own directory.
+        j[12] = b'/';
+        let jp = dir.path().join(JOURNAL_NAME);
+        fs::write(&jp, j).unwrap();
+        assert!(matches!(
+            recover_journal(&jp, &keys),
+            Err(Error::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed_and_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keyset::generate().unwrap();
+        v2_file(dir.path(), "a", &keys, b"alpha");
+        fs::write(dir.path().join(".aegis-tmp-abc"), b"partial").unwrap();
+        let report = reencrypt(
+            &keys,
+            &[dir.path().to_path_buf()],
+            &Options::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(
+            (report.scanned, report.current, report.temp_removed),
+            (1, 1, 1)
+        );
+        assert!(!dir.path().join(".aegis-tmp-abc").exists());
+    }
+}
