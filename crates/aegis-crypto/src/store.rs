@@ -513,7 +513,7 @@ impl KeyStore {
             None => "unknown".to_string(),
             Some(s) => {
                 let age = now_secs().saturating_sub(s);
-                format!("{s} ({} ago)", human_age(age))
+                format!("{} ({} ago)", utc_iso8601(s), human_age(age))
             }
         }
     }
@@ -521,6 +521,27 @@ impl KeyStore {
 
 fn doc_mentions(doc: &StoredKeyset, key: &SecretKey) -> bool {
     doc.contains(key.id())
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for Unix seconds (proleptic Gregorian, H. Hinnant's civil_from_days).
+pub fn utc_iso8601(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn human_age(secs: u64) -> String {
@@ -538,5 +559,17 @@ pub fn remove_if_exists(path: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_iso8601;
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(utc_iso8601(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_iso8601(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_iso8601(1_795_906_637), "2026-11-28T22:57:17Z");
     }
 }
