@@ -28,45 +28,80 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Settings that also come from the environment are read by hand (not with clap's `env`), so
+// that an empty variable means "unset" instead of an error.
 #[derive(Args, Debug)]
 struct StoreArgs {
     /// Where the master keys live: the OS keyring when usable, else the key file (auto); or
-    /// only one of them.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        env = "AEGIS_KEYSTORE",
-        default_value = "auto"
-    )]
-    keystore: KeystoreArg,
-    /// The key file (the primary key, URL-safe Base64); the keyset document is PATH.keyset.
-    #[arg(
-        long,
-        global = true,
-        env = "AEGIS_KEY_FILE",
-        default_value = "aegis_key.key"
-    )]
-    key_file: PathBuf,
+    /// only one of them [env: AEGIS_KEYSTORE] [default: auto]
+    #[arg(long, global = true, value_enum)]
+    keystore: Option<KeystoreArg>,
+    /// The key file (the primary key, URL-safe Base64); the keyset document is PATH.keyset
+    /// [env: AEGIS_KEY_FILE] [default: aegis_key.key]
+    #[arg(long, global = true)]
+    key_file: Option<PathBuf>,
     /// Accept key files that group or others can read (not recommended).
-    #[arg(long, global = true, env = "AEGIS_ALLOW_LOOSE_PERMISSIONS")]
+    #[arg(
+        long,
+        global = true,
+        env = "AEGIS_ALLOW_LOOSE_PERMISSIONS",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
     allow_loose_permissions: bool,
-    /// OS keyring service name of the master key.
-    #[arg(
-        long,
-        global = true,
-        env = "AEGIS_KEYRING_SERVICE",
-        default_value = "aegis_core"
-    )]
-    keyring_service: String,
-    /// OS keyring user name of the primary key (the keyset document is USER/keyset).
-    #[arg(
-        long,
-        global = true,
-        env = "AEGIS_KEYRING_USER",
-        default_value = "aegis_master_key_v2"
-    )]
-    keyring_user: String,
+    /// OS keyring service name of the master key [env: AEGIS_KEYRING_SERVICE] [default:
+    /// aegis_core]
+    #[arg(long, global = true)]
+    keyring_service: Option<String>,
+    /// OS keyring user name of the primary key (the keyset document is USER/keyset) [env:
+    /// AEGIS_KEYRING_USER] [default: aegis_master_key_v2]
+    #[arg(long, global = true)]
+    keyring_user: Option<String>,
+}
+
+/// The value of an environment variable, `None` when unset or empty.
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl StoreArgs {
+    fn key_file(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .or_else(|| env_nonempty("AEGIS_KEY_FILE").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(aegis_crypto::store::DEFAULT_KEY_FILE))
+    }
+
+    fn config(&self) -> Result<StoreConfig> {
+        let backend = match self.keystore {
+            Some(k) => k,
+            None => match env_nonempty("AEGIS_KEYSTORE") {
+                None => KeystoreArg::Auto,
+                Some(v) => KeystoreArg::from_str(&v, true).map_err(|_| {
+                    anyhow::anyhow!("AEGIS_KEYSTORE={v}: expected auto, keyring or file")
+                })?,
+            },
+        };
+        Ok(StoreConfig {
+            backend: match backend {
+                KeystoreArg::Auto => Backend::Auto,
+                KeystoreArg::Keyring => Backend::Keyring,
+                KeystoreArg::File => Backend::File,
+            },
+            key_file: self.key_file(),
+            allow_loose_permissions: self.allow_loose_permissions,
+            service: self
+                .keyring_service
+                .clone()
+                .or_else(|| env_nonempty("AEGIS_KEYRING_SERVICE"))
+                .unwrap_or_else(|| aegis_crypto::store::SERVICE.to_string()),
+            user: self
+                .keyring_user
+                .clone()
+                .or_else(|| env_nonempty("AEGIS_KEYRING_USER"))
+                .unwrap_or_else(|| aegis_crypto::store::PRIMARY_USER.to_string()),
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -191,7 +226,10 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -207,22 +245,39 @@ fn main() -> ExitCode {
     }
 }
 
-fn store(args: &StoreArgs) -> KeyStore {
-    KeyStore::new(StoreConfig {
-        backend: match args.keystore {
-            KeystoreArg::Auto => Backend::Auto,
-            KeystoreArg::Keyring => Backend::Keyring,
-            KeystoreArg::File => Backend::File,
-        },
-        key_file: args.key_file.clone(),
-        allow_loose_permissions: args.allow_loose_permissions,
-        service: args.keyring_service.clone(),
-        user: args.keyring_user.clone(),
-    })
+/// `--help` and `--version` print as usual; a usage error is one line (the first of clap's
+/// message) with exit code 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    // clap's message is "error: …" possibly continued on indented lines, then a blank line and
+    // usage; keep the message, on one line.
+    let text = e.render().to_string();
+    let msg = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let msg = msg.trim_start_matches("error: ");
+    eprintln!("aegis: error: {msg} (see `aegis --help`)");
+    ExitCode::from(2)
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let ks = store(&cli.store);
+    let ks = KeyStore::new(cli.store.config()?);
     match cli.cmd {
         Cmd::Key(k) => key_cmd(&ks, &cli.store, k),
         Cmd::Encrypt(a) => encrypt(&ks, a),
@@ -350,9 +405,10 @@ fn print_status(keys: &Keyset, loc: &str, json: bool) -> Result<()> {
 }
 
 fn exclusions(args: &StoreArgs) -> Vec<PathBuf> {
-    let mut doc = args.key_file.clone().into_os_string();
+    let key_file = args.key_file();
+    let mut doc = key_file.clone().into_os_string();
     doc.push(".keyset");
-    vec![args.key_file.clone(), PathBuf::from(doc)]
+    vec![key_file, PathBuf::from(doc)]
 }
 
 fn is_dash(p: &Path) -> bool {

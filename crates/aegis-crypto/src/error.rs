@@ -76,15 +76,19 @@ pub enum Error {
     #[error("{0}")]
     Keyset(String),
 
-    /// An operating-system I/O error, with what we were doing.
-    #[error("{context}: {source}")]
+    /// An operating-system I/O error, with what we were doing. The cause is part of the
+    /// message (and deliberately not also a `source()`, so a printed chain says it once).
+    #[error("{context}: {cause}")]
     Io {
         /// What was being done, and on which path.
         context: String,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+
+    /// The output file exists and replacing it was not asked for.
+    #[error("{} already exists (use --force to replace it)", .0.display())]
+    Exists(PathBuf),
 
     /// The system random number generator or a primitive failed.
     #[error("cryptographic primitive failed: {0}")]
@@ -99,7 +103,7 @@ impl Error {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
-            source,
+            cause: source,
         }
     }
 }

@@ -116,10 +116,7 @@ fn list(roots: &[PathBuf], exclude: &[PathBuf]) -> Result<Listing> {
     };
     for root in roots {
         if !root.exists() {
-            return Err(Error::io(
-                format!("{} does not exist", root.display()),
-                std::io::Error::from(std::io::ErrorKind::NotFound),
-            ));
+            return Err(Error::Keyset(format!("{} does not exist", root.display())));
         }
         for entry in walkdir::WalkDir::new(root)
             .follow_links(false)

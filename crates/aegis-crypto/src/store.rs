@@ -281,6 +281,7 @@ impl KeyStore {
     /// Load the keyset, following the lookup order. Fails with a clear message when no key
     /// exists anywhere (run `aegis key init`).
     pub fn load(&self) -> Result<(Keyset, Location)> {
+        let mut keyring_problem = None;
         if self.config.backend != Backend::File {
             match self.probe_keyring()? {
                 Probe::Found(kr, key) => {
@@ -297,25 +298,35 @@ impl KeyStore {
                     return Err(Error::Keyring(why));
                 }
                 Probe::Empty => {}
-                Probe::Unusable(why) => {
-                    tracing::warn!(
-                        "OS keyring unusable ({why}); using key file {}",
-                        self.config.key_file.display()
-                    );
-                }
+                Probe::Unusable(why) => keyring_problem = Some(why),
             }
         }
         let path = &self.config.key_file;
         if !path.exists() {
-            return Err(Error::Keyset(match self.config.backend {
-                Backend::File => format!("no key file {}; run `aegis key init`", path.display()),
-                _ => format!(
-                    "no key found (neither keyring entry {}/{} nor key file {}); run `aegis key init`",
-                    self.config.service,
-                    self.config.user,
-                    path.display()
-                ),
-            }));
+            return Err(Error::Keyset(
+                match (self.config.backend, keyring_problem) {
+                    (Backend::File, _) => {
+                        format!("no key file {}; run `aegis key init`", path.display())
+                    }
+                    (_, Some(why)) => format!(
+                        "no key found: no key file {}, and the OS keyring could not be read ({why}); \
+                     if the key is in the keyring make it reachable, else run `aegis key init`",
+                        path.display()
+                    ),
+                    (_, None) => format!(
+                        "no key found (neither keyring entry {}/{} nor key file {}); run `aegis key init`",
+                        self.config.service,
+                        self.config.user,
+                        path.display()
+                    ),
+                },
+            ));
+        }
+        if let Some(why) = keyring_problem {
+            tracing::warn!(
+                "OS keyring unusable ({why}); using key file {}",
+                path.display()
+            );
         }
         let key = self.read_key_file(path)?;
         let ks = self.load_file_keyset(key)?;
