@@ -224,6 +224,7 @@ fn main() -> ExitCode {
         )
         .without_time()
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let cli = match Cli::try_parse() {

@@ -107,13 +107,17 @@ impl SecretKey {
                 reason: "mixes URL-safe and standard Base64 alphabets",
             });
         }
-        let unpadded = t.trim_end_matches('=');
-        let engine = if standard {
-            &base64::engine::general_purpose::STANDARD_NO_PAD
+        // Lenient like Python's b64decode: padding optional, non-zero trailing bits accepted.
+        let config = base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true);
+        let alphabet = if standard {
+            &base64::alphabet::STANDARD
         } else {
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            &base64::alphabet::URL_SAFE
         };
-        let bytes = Zeroizing::new(engine.decode(unpadded).map_err(|_| Error::CorruptKey {
+        let engine = base64::engine::GeneralPurpose::new(alphabet, config);
+        let bytes = Zeroizing::new(engine.decode(t).map_err(|_| Error::CorruptKey {
             location: location.to_string(),
             reason: "not valid Base64",
         })?);
@@ -202,6 +206,12 @@ mod tests {
         assert_eq!(url.len(), 44);
         assert_eq!(SecretKey::from_base64(&url, "t")?, k);
         assert_eq!(SecretKey::from_base64(url.trim_end_matches('='), "t")?, k);
+        // A non-canonical last character (trailing bits set) decodes as Python decodes it.
+        let mut odd = url.trim_end_matches('=').to_string();
+        // [0xfb; 32] ends in "s" (index 44, 101100): "t" (101101) sets a trailing bit.
+        assert_eq!(odd.pop(), Some('s'));
+        odd.push('t');
+        assert_eq!(SecretKey::from_base64(&odd, "t")?, k);
         let std = base64::engine::general_purpose::STANDARD.encode([0xfb; 32]);
         assert_eq!(SecretKey::from_base64(&format!("{std}\n"), "t")?, k);
         Ok(())

@@ -190,6 +190,20 @@ impl Keyset {
         Ok(e)
     }
 
+    /// Add `key` as a retained (decrypt-only) key if the keyset does not know it yet.
+    pub fn retain(&mut self, key: SecretKey) {
+        let id = key.id();
+        if self.entry(id).is_none() {
+            self.entries.push(KeyEntry {
+                id,
+                status: KeyStatus::Retained,
+                created: None,
+                changed: Some(now_secs()),
+                material: Some(key),
+            });
+        }
+    }
+
     /// Stop using a retained key for decryption (material is kept).
     pub fn retire(&mut self, id: KeyId) -> Result<()> {
         let e = self.non_primary_mut(id)?;

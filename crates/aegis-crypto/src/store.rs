@@ -113,7 +113,10 @@ pub struct KeyStore {
 /// Result of looking at the keyring.
 enum Probe {
     Found(Keyring, SecretKey),
-    Empty,
+    /// No primary entry; `orphan`: the keyset document entry exists without it.
+    Empty {
+        orphan: bool,
+    },
     Unusable(String),
 }
 
@@ -268,7 +271,11 @@ impl KeyStore {
                 let key = SecretKey::from_base64(&text, &name)?;
                 Ok(Probe::Found(kr, key))
             }
-            Ok(None) => Ok(Probe::Empty),
+            Ok(None) => {
+                let doc = format!("{name}/keyset");
+                let orphan = matches!(Keyring::read(&kr.keyset, &doc), Ok(Some(_)) | Err(_));
+                Ok(Probe::Empty { orphan })
+            }
             // Differing duplicates are a real problem, not an unusable keyring.
             Err(e @ Error::Keyring(_)) if matches!(&e, Error::Keyring(m) if m.contains("hold different values")) => {
                 Err(e)
@@ -285,10 +292,16 @@ impl KeyStore {
         if self.config.backend != Backend::File {
             match self.probe_keyring()? {
                 Probe::Found(kr, key) => {
-                    let ks = self.load_keyring_keyset(&kr, key)?;
+                    let mut ks = self.load_keyring_keyset(&kr, key)?;
+                    if self.config.backend == Backend::Auto {
+                        self.adopt_shadowed_file_key(&mut ks, &kr.location());
+                    }
                     return Ok((ks, kr.location()));
                 }
-                Probe::Empty if self.config.backend == Backend::Keyring => {
+                Probe::Empty { orphan: true } => {
+                    return Err(self.orphan_error());
+                }
+                Probe::Empty { .. } if self.config.backend == Backend::Keyring => {
                     return Err(Error::Keyset(format!(
                         "no key in keyring entry {}/{}; run `aegis key init`",
                         self.config.service, self.config.user
@@ -297,7 +310,7 @@ impl KeyStore {
                 Probe::Unusable(why) if self.config.backend == Backend::Keyring => {
                     return Err(Error::Keyring(why));
                 }
-                Probe::Empty => {}
+                Probe::Empty { .. } => {}
                 Probe::Unusable(why) => keyring_problem = Some(why),
             }
         }
@@ -411,6 +424,32 @@ impl KeyStore {
         }
     }
 
+    /// In auto mode a key file can exist beside a keyring key (created while the keyring was
+    /// unreachable). Its key must not be shadowed silently: it is added to the keyring keyset
+    /// as retained (so its files still decrypt) with a warning.
+    fn adopt_shadowed_file_key(&self, ks: &mut Keyset, loc: &Location) {
+        let path = &self.config.key_file;
+        if !path.exists() {
+            return;
+        }
+        match self.read_key_file(path) {
+            Ok(key) if ks.entry(key.id()).is_none() => {
+                let id = key.id();
+                ks.retain(key);
+                tracing::warn!(
+                    "key file {} holds key {id}, which the keyring keyset lacked; added it as retained",
+                    path.display()
+                );
+                self.remember_adopted(ks, loc);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                "ignoring key file {} beside the keyring key: {e}",
+                path.display()
+            ),
+        }
+    }
+
     /// A primary key that another program wrote is recorded in the keyset document, so that a
     /// later overwrite of the primary entry cannot lose it. Best effort: a failure is a warning.
     fn remember_adopted(&self, ks: &Keyset, loc: &Location) {
@@ -452,7 +491,9 @@ impl KeyStore {
     /// keyring entry or the key file (a corrupt key file counts: it is never overwritten).
     pub fn init(&self) -> Result<(Keyset, Location)> {
         let path = self.config.key_file.clone();
-        let file_exists = path.exists() || self.keyset_file().exists();
+        let existing = [path.clone(), self.keyset_file()]
+            .into_iter()
+            .find(|p| p.exists());
         let mut use_keyring = false;
         if self.config.backend != Backend::File {
             match self.probe_keyring()? {
@@ -462,7 +503,8 @@ impl KeyStore {
                         kr.location()
                     )));
                 }
-                Probe::Empty => use_keyring = true,
+                Probe::Empty { orphan: true } => return Err(self.orphan_error()),
+                Probe::Empty { .. } => use_keyring = true,
                 Probe::Unusable(why) if self.config.backend == Backend::Keyring => {
                     return Err(Error::Keyring(why));
                 }
@@ -474,10 +516,10 @@ impl KeyStore {
                 }
             }
         }
-        if file_exists && self.config.backend != Backend::Keyring {
+        if let Some(p) = existing.filter(|_| self.config.backend != Backend::Keyring) {
             return Err(Error::Keyset(format!(
-                "key file {} already exists; nothing was changed",
-                path.display()
+                "{} already exists; nothing was changed",
+                p.display()
             )));
         }
         let ks = Keyset::generate()?;
@@ -509,6 +551,16 @@ impl KeyStore {
         fsutil::create_private(&self.keyset_file(), doc.as_bytes())?;
         fsutil::create_private(&path, ks.primary().to_base64().as_bytes())?;
         Ok((ks, Location::File(path)))
+    }
+
+    fn orphan_error(&self) -> Error {
+        Error::Keyset(format!(
+            "the OS keyring holds the keyset document {svc}/{user}/keyset but no primary key \
+             entry {svc}/{user}; restore the primary key there (its Base64 text) — refusing to \
+             create a new keyset over the old keys",
+            svc = self.config.service,
+            user = self.config.user
+        ))
     }
 
     /// Persist a keyset whose primary may have changed (rotation): the document first, then
