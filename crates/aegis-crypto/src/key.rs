@@ -189,9 +189,11 @@ fn unreachable_kdf() -> ! {
     std::process::abort()
 }
 
-/// Fill `buf` from the operating system's CSPRNG (through aws-lc).
+/// Fill `buf` from the operating system's CSPRNG (`getrandom(2)` on Linux). Straight from the
+/// kernel rather than through aws-lc's DRBG, whose first use costs ~50 ms of CPU-jitter seeding
+/// per process — noticeable for a command-line tool run once per file.
 pub fn fill_random(buf: &mut [u8]) -> Result<()> {
-    aws_lc_rs::rand::fill(buf).map_err(|_| Error::Primitive("random number generator"))
+    getrandom::fill(buf).map_err(|_| Error::Primitive("operating-system random number generator"))
 }
 
 #[cfg(test)]
