@@ -4,7 +4,7 @@
 //! decryption leaves no output file. Inputs and outputs may also be stdin/stdout.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
@@ -47,76 +47,79 @@ pub struct Outcome {
     pub plaintext_len: u64,
 }
 
-/// Counts bytes read through it and reports them.
-pub struct Progress<'a, R> {
-    inner: R,
-    report: &'a mut dyn FnMut(u64),
-}
-
-impl<'a, R: Read> Progress<'a, R> {
-    /// Wrap `inner`; `report` gets the size of every read.
-    pub fn new(inner: R, report: &'a mut dyn FnMut(u64)) -> Self {
-        Progress { inner, report }
-    }
-}
-
-impl<R: Read> Read for Progress<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        (self.report)(n as u64);
-        Ok(n)
-    }
-}
-
-fn open_input(input: &Input) -> Result<Box<dyn Read>> {
+fn open_input(input: &Input) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
     Ok(match input {
-        Input::Stdin => Box::new(io::stdin().lock()),
-        Input::Path(p) => Box::new(File::open(p).ctx(|| format!("opening {}", p.display()))?),
+        Input::Stdin => (Box::new(io::stdin()), None),
+        Input::Path(p) => {
+            let f = File::open(p).ctx(|| format!("opening {}", p.display()))?;
+            let len = f.metadata().ok().map(|m| m.len());
+            (Box::new(f), len)
+        }
     })
 }
 
-fn read_all(input: &mut dyn Read, room: usize, what: &str) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; room];
-    input
+/// Read all of `input` into a buffer with `room` spare bytes in front and `tail` spare capacity
+/// behind, sized from the known length so nothing is regrown or copied twice.
+fn read_all(
+    input: &mut dyn Read,
+    len_hint: Option<u64>,
+    room: usize,
+    tail: usize,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Vec<u8>> {
+    let hint = len_hint.and_then(|l| usize::try_from(l).ok()).unwrap_or(0);
+    let mut buf = Vec::with_capacity(room + hint + tail);
+    buf.resize(room, 0);
+    let n = input
         .read_to_end(&mut buf)
-        .ctx(|| format!("reading {what}"))?;
+        .ctx(|| "reading input".to_string())?;
+    progress(n as u64);
+    buf.reserve_exact(tail);
     Ok(buf)
 }
 
-/// Write `f`'s output to `out`: a temp file committed only if `f` succeeds, or stdout.
-fn with_output<T>(out: &Output, f: impl FnOnce(&mut dyn Write) -> Result<T>) -> Result<T> {
+/// Run `f` with a pipeline sink for `out`: a temporary file committed only if `f` succeeds,
+/// or (unbuffered) standard output.
+fn with_sink<T>(out: &Output, f: impl FnOnce(v2::Sink<&mut File>) -> Result<T>) -> Result<T> {
     match out {
         Output::Stdout => {
-            let stdout = io::stdout();
-            let mut w = BufWriter::with_capacity(1 << 20, stdout.lock());
-            let t = f(&mut w)?;
-            w.flush().ctx(|| "writing to standard output".to_string())?;
-            Ok(t)
+            use std::os::fd::AsFd;
+            let fd = io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .ctx(|| "opening standard output".to_string())?;
+            let mut file = File::from(fd);
+            f(v2::Sink {
+                writer: &mut file,
+                sync: None,
+            })
         }
         Output::Path { path, overwrite } => {
             if !overwrite && path.exists() {
-                return Err(Error::io(
-                    format!(
-                        "{} already exists (use --force to replace it)",
-                        path.display()
-                    ),
-                    io::Error::from(io::ErrorKind::AlreadyExists),
-                ));
+                return Err(Error::Exists(path.clone()));
             }
             let mut tmp = AtomicFile::create(path)?;
-            let t = {
-                let mut w = BufWriter::with_capacity(1 << 20, tmp.file());
-                let t = f(&mut w)?;
-                w.flush().ctx(|| format!("writing {}", path.display()))?;
-                t
-            };
+            let sync = tmp.file().try_clone().ok();
+            let t = f(v2::Sink {
+                writer: tmp.file(),
+                sync,
+            })?;
             tmp.commit(*overwrite)?;
             Ok(t)
         }
     }
 }
 
-/// Encrypt `input` to `output` under `key`.
+/// Write `bytes` to `out` (atomically for a file).
+fn write_whole(out: &Output, bytes: &[u8]) -> Result<()> {
+    with_sink(out, |sink| {
+        sink.writer
+            .write_all(bytes)
+            .ctx(|| "writing output".to_string())
+    })
+}
+
+/// Encrypt `input` to `output` under `key`. `progress` receives the input bytes consumed.
 pub fn encrypt(
     key: &SecretKey,
     input: &Input,
@@ -125,15 +128,13 @@ pub fn encrypt(
     opts: v2::Options,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Outcome> {
-    let mut src = Progress::new(open_input(input)?, progress);
+    let (mut src, len) = open_input(input)?;
     match format {
         Format::V1 => {
-            let mut buf = read_all(&mut src, 12, "input")?;
-            let n = (buf.len() - 12) as u64;
+            let mut buf = read_all(&mut src, len, v1::NONCE_LEN, v1::TAG_LEN, progress)?;
+            let n = (buf.len() - v1::NONCE_LEN) as u64;
             v1::seal_in_place(key, &mut buf)?;
-            with_output(output, |w| {
-                w.write_all(&buf).ctx(|| "writing output".to_string())
-            })?;
+            write_whole(output, &buf)?;
             Ok(Outcome {
                 format,
                 key_id: key.id(),
@@ -141,72 +142,59 @@ pub fn encrypt(
             })
         }
         Format::V2 => {
-            let mut counted = 0u64;
-            with_output(output, |w| {
-                let mut counter = CountingRead {
-                    inner: &mut src,
-                    n: &mut counted,
-                };
-                v2::Encryptor::new(w, key, opts)?.encrypt_from(&mut counter)?;
-                Ok(())
+            let n = with_sink(output, |sink| {
+                v2::encrypt_pipelined(src, sink, key, opts, progress).map(|(_, n)| n)
             })?;
             Ok(Outcome {
                 format,
                 key_id: key.id(),
-                plaintext_len: counted,
+                plaintext_len: n,
             })
         }
     }
 }
 
-struct CountingRead<'a, R> {
-    inner: R,
-    n: &'a mut u64,
-}
-
-impl<R: Read> Read for CountingRead<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let k = self.inner.read(buf)?;
-        *self.n += k as u64;
-        Ok(k)
-    }
-}
-
 /// Decrypt `input` (v1 or v2, detected) to `output` with the keyset. On failure nothing is
-/// left at a file `output`.
+/// left at a file `output`. `progress` receives the input bytes consumed.
 pub fn decrypt(
     keys: &Keyset,
     input: &Input,
     output: &Output,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Outcome> {
-    let mut src = Progress::new(open_input(input)?, progress);
+    let (mut src, len) = open_input(input)?;
     let mut head = [0u8; v2::HEADER_LEN];
     let got = read_up_to(&mut src, &mut head).ctx(|| "reading input".to_string())?;
+    progress(got as u64);
     let head = head.get(..got).unwrap_or_default();
     match Format::detect(head) {
         Format::V2 => {
             let header = v2::Header::parse(head)?;
             let file_keys = header.open_with(keys)?;
-            let key_id = header.key_id();
-            let dec = v2::Decryptor::with_keys(&mut src, header, file_keys)?;
-            let n = with_output(output, |w| dec.decrypt_to(w))?;
+            let n = with_sink(output, |sink| {
+                v2::decrypt_pipelined(src, &header, &file_keys, sink, true, progress)
+                    .map(|(_, n)| n)
+            })?;
             Ok(Outcome {
                 format: Format::V2,
-                key_id,
+                key_id: header.key_id(),
                 plaintext_len: n,
             })
         }
         Format::V1 => {
-            let mut blob = head.to_vec();
-            src.read_to_end(&mut blob)
-                .ctx(|| "reading input".to_string())?;
-            let (pt, key_id) = v1::open_with_keyset(keys, &blob)?;
-            drop(blob);
-            let pt = zeroize::Zeroizing::new(pt);
-            with_output(output, |w| {
-                w.write_all(&pt).ctx(|| "writing output".to_string())
-            })?;
+            let rest = read_all(
+                &mut src,
+                len.map(|l| l.saturating_sub(got as u64)),
+                got,
+                0,
+                progress,
+            )?;
+            let mut blob = rest;
+            blob.get_mut(..got)
+                .ok_or(Error::Malformed("input"))?
+                .copy_from_slice(head);
+            let (pt, key_id) = v1::open_with_keyset_owned(keys, blob)?;
+            write_whole(output, &pt)?;
             Ok(Outcome {
                 format: Format::V1,
                 key_id,

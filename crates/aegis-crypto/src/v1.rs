@@ -11,6 +11,11 @@ use crate::gcm::{Gcm, NONCE, TAG};
 use crate::key::{KeyId, SecretKey, fill_random};
 use crate::keyset::Keyset;
 
+/// Nonce length.
+pub const NONCE_LEN: usize = NONCE;
+/// Tag length.
+pub const TAG_LEN: usize = TAG;
+
 /// Smallest possible v1 blob (empty plaintext).
 pub const OVERHEAD: usize = NONCE + TAG;
 
@@ -89,4 +94,26 @@ pub fn open_with_keyset(keys: &Keyset, blob: &[u8]) -> Result<(Vec<u8>, KeyId)> 
         }
     }
     Err(Error::NoKeyOpens { tried })
+}
+
+/// [`open_with_keyset`] taking the blob by value: with a single usable key it decrypts in place
+/// (no second buffer); with several, it keeps the blob intact between attempts. The plaintext
+/// comes back zeroized on drop.
+pub fn open_with_keyset_owned(
+    keys: &Keyset,
+    mut blob: Vec<u8>,
+) -> Result<(zeroize::Zeroizing<Vec<u8>>, KeyId)> {
+    let mut candidates = keys.decryption_keys();
+    if let (Some(only), None) = (candidates.next(), candidates.next()) {
+        return match open_in_place(only, &mut blob) {
+            Ok(n) => {
+                blob.truncate(n);
+                Ok((zeroize::Zeroizing::new(blob), only.id()))
+            }
+            Err(Error::Decrypt) => Err(Error::NoKeyOpens { tried: 1 }),
+            Err(e) => Err(e),
+        };
+    }
+    let (pt, id) = open_with_keyset(keys, &blob)?;
+    Ok((zeroize::Zeroizing::new(pt), id))
 }

@@ -282,7 +282,7 @@ fn chunk_nonce(prefix: &[u8; PREFIX_LEN], counter: u32, last: bool) -> [u8; NONC
 pub struct Options {
     /// log2 of the chunk size, 12..=24.
     pub chunk_log2: u8,
-    /// Seal and open batches on all cores (rayon's pool).
+    /// Seal and open the chunks of a batch on all cores (rayon's pool).
     pub parallel: bool,
 }
 
@@ -295,29 +295,127 @@ impl Default for Options {
     }
 }
 
-/// Batch geometry shared by the encryptor and the decryptor.
-struct Batch {
-    chunk: usize,
-    slots: usize,
-    /// `slots` sealed chunks, each `chunk + TAG` bytes, plus one look-ahead byte.
-    buf: Vec<u8>,
+/// Chunks per batch for a chunk size: about [`BATCH_BYTES`] of plaintext, at least one chunk.
+fn slots_for(chunk: usize) -> usize {
+    (BATCH_BYTES / chunk).max(1)
 }
 
-impl Batch {
-    fn new(chunk_log2: u8) -> Self {
-        let chunk = 1usize << chunk_log2;
-        let slots = (BATCH_BYTES / chunk).max(1);
-        Batch {
-            chunk,
-            slots,
-            buf: vec![0u8; slots * (chunk + TAG) + 1],
+/// The STREAM layer shared by every reader and writer: seals or opens a batch of chunks laid out
+/// in slots of `chunk + TAG` bytes, keeping the chunk counter.
+struct ChunkCipher<'k> {
+    gcm: &'k Gcm,
+    prefix: [u8; PREFIX_LEN],
+    chunk: usize,
+    parallel: bool,
+    /// Index of the next chunk.
+    counter: u32,
+    /// The last chunk has been sealed or opened.
+    done: bool,
+}
+
+impl<'k> ChunkCipher<'k> {
+    fn new(keys: &'k FileKeys, prefix: [u8; PREFIX_LEN], chunk_log2: u8, parallel: bool) -> Self {
+        ChunkCipher {
+            gcm: &keys.payload,
+            prefix,
+            chunk: 1usize << chunk_log2,
+            parallel,
+            counter: 0,
+            done: false,
         }
     }
+
     fn sealed(&self) -> usize {
         self.chunk + TAG
     }
-    fn capacity(&self) -> usize {
-        self.slots * self.sealed()
+
+    /// Reserve `n` chunk indices.
+    fn take(&mut self, n: usize, last: bool) -> Result<u32> {
+        if self.done {
+            return Err(Error::Malformed("data after the last chunk"));
+        }
+        let first = self.counter;
+        let end = u64::from(first) + n as u64;
+        let limit = u64::from(u32::MAX) + 1;
+        if end > limit || (end == limit && !last) {
+            return Err(Error::TooLarge("more than 2^32 chunks"));
+        }
+        self.counter = first.wrapping_add(n as u32);
+        self.done = last;
+        Ok(first)
+    }
+
+    /// Seal `plain_len` bytes staged in the slots of `region` (a multiple of the chunk size
+    /// unless `last`); returns the number of sealed bytes, contiguous from the start of
+    /// `region`.
+    fn seal(&mut self, region: &mut [u8], plain_len: usize, last: bool) -> Result<usize> {
+        let chunk = self.chunk;
+        let sealed = self.sealed();
+        let n = if last {
+            plain_len.div_ceil(chunk).max(1)
+        } else {
+            if !plain_len.is_multiple_of(chunk) {
+                return Err(Error::Malformed("partial chunk before the end"));
+            }
+            plain_len / chunk
+        };
+        let first = self.take(n, last)?;
+        let (gcm, prefix) = (self.gcm, self.prefix);
+        let region = region
+            .get_mut(..n * sealed)
+            .ok_or(Error::Malformed("batch geometry"))?;
+        for_each_slot(region, sealed, self.parallel, |i, slot| {
+            let is_last = last && i + 1 == n;
+            let len = if is_last {
+                plain_len - i * chunk
+            } else {
+                chunk
+            };
+            let nonce = chunk_nonce(&prefix, first + i as u32, is_last);
+            let (pt, rest) = slot.split_at_mut(len);
+            let tag = gcm.seal(nonce, &[], pt)?;
+            rest.get_mut(..TAG)
+                .ok_or(Error::Malformed("batch geometry"))?
+                .copy_from_slice(&tag);
+            Ok(())
+        })?;
+        Ok(plain_len + n * TAG)
+    }
+
+    /// Authenticate and decrypt the sealed chunks of `region` in place (`last`: the stream ends
+    /// with them). Returns the chunk count and the plaintext length of the final chunk; chunk
+    /// `i`'s plaintext is at `i * sealed`.
+    fn open(&mut self, region: &mut [u8], last: bool) -> Result<(usize, usize)> {
+        let sealed = self.sealed();
+        let full = region.len() / sealed;
+        let rem = region.len() % sealed;
+        let (n, last_len) = if !last {
+            if rem != 0 || full == 0 {
+                return Err(Error::Malformed("batch geometry"));
+            }
+            (full, self.chunk)
+        } else if rem == 0 {
+            if full == 0 {
+                return Err(Error::Decrypt); // no final chunk: truncated
+            }
+            (full, self.chunk)
+        } else if rem < TAG {
+            return Err(Error::Decrypt); // cut inside a tag
+        } else {
+            (full + 1, rem - TAG)
+        };
+        if last && last_len == 0 && (self.counter > 0 || n > 1) {
+            // Writers never emit an empty final chunk except for an empty file.
+            return Err(Error::Decrypt);
+        }
+        let first = self.take(n, last)?;
+        let (gcm, prefix) = (self.gcm, self.prefix);
+        for_each_slot(region, sealed, self.parallel, |i, slot| {
+            let is_last = last && i + 1 == n;
+            let nonce = chunk_nonce(&prefix, first + i as u32, is_last);
+            gcm.open(nonce, &[], slot).map(|_| ())
+        })?;
+        Ok((n, last_len))
     }
 }
 
@@ -339,17 +437,87 @@ where
     }
 }
 
+/// Read into the plaintext areas of consecutive slots (one `readv` for the whole batch where
+/// the reader supports it) until `len` bytes or end of input; returns the bytes read.
+fn read_into_slots<R: Read + ?Sized>(
+    input: &mut R,
+    buf: &mut [u8],
+    chunk: usize,
+    sealed: usize,
+    len: usize,
+) -> io::Result<usize> {
+    let mut got = 0;
+    while got < len {
+        let mut slices: Vec<io::IoSliceMut<'_>> = Vec::new();
+        let mut want = len - got;
+        let mut at = got;
+        for slot in buf.chunks_mut(sealed).skip(got / chunk) {
+            if want == 0 {
+                break;
+            }
+            let off = at % chunk;
+            let n = want.min(chunk - off);
+            if let Some(area) = slot.get_mut(off..off + n) {
+                slices.push(io::IoSliceMut::new(area));
+            }
+            want -= n;
+            at += n;
+        }
+        match input.read_vectored(&mut slices) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Write the plaintext of `n` opened slots (the last one `last_len` bytes) with `writev`.
+fn write_slots<W: Write + ?Sized>(
+    out: &mut W,
+    buf: &[u8],
+    chunk: usize,
+    sealed: usize,
+    n: usize,
+    last_len: usize,
+) -> io::Result<u64> {
+    let mut slices: Vec<io::IoSlice<'_>> = buf
+        .chunks(sealed)
+        .take(n)
+        .enumerate()
+        .map(|(i, slot)| {
+            let len = if i + 1 == n { last_len } else { chunk };
+            io::IoSlice::new(slot.get(..len).unwrap_or_default())
+        })
+        .collect();
+    let total: u64 = slices.iter().map(|s| s.len() as u64).sum();
+    let mut rest = &mut slices[..];
+    io::IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        match out.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => io::IoSlice::advance_slices(&mut rest, k),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
 /// Streaming v2 encryption into any `Write`. Call [`Encryptor::finish`] at the end: a stream
 /// that is dropped unfinished is detected as truncated by the decryptor.
 pub struct Encryptor<W: Write> {
     out: W,
     keys: FileKeys,
     prefix: [u8; PREFIX_LEN],
-    batch: Batch,
+    chunk_log2: u8,
     parallel: bool,
-    /// Plaintext bytes staged in the batch (slot-major, each slot `chunk` bytes used).
-    staged: usize,
     counter: u32,
+    /// `slots` slots of `chunk + TAG` bytes.
+    buf: Vec<u8>,
+    /// Plaintext bytes staged (slot-major).
+    staged: usize,
 }
 
 impl<W: Write> Encryptor<W> {
@@ -358,45 +526,47 @@ impl<W: Write> Encryptor<W> {
         let (header, keys) = Header::create(master, opts.chunk_log2)?;
         out.write_all(&header.to_bytes())
             .map_err(|e| Error::io("writing v2 header", e))?;
+        let chunk = 1usize << opts.chunk_log2;
         Ok(Encryptor {
             out,
             keys,
             prefix: header.nonce_prefix,
-            batch: Batch::new(opts.chunk_log2),
+            chunk_log2: opts.chunk_log2,
             parallel: opts.parallel,
-            staged: 0,
             counter: 0,
+            buf: vec![0u8; slots_for(chunk) * (chunk + TAG)],
+            staged: 0,
         })
     }
 
+    fn chunk(&self) -> usize {
+        1usize << self.chunk_log2
+    }
+
+    fn capacity(&self) -> usize {
+        slots_for(self.chunk()) * self.chunk()
+    }
+
     /// Encrypt everything `input` yields, then finish.
-    pub fn encrypt_from<R: Read>(mut self, input: &mut R) -> Result<W> {
+    pub fn encrypt_from<R: Read + ?Sized>(mut self, input: &mut R) -> Result<W> {
+        let (chunk, sealed, cap) = (self.chunk(), self.chunk() + TAG, self.capacity());
         loop {
-            let room = self.batch.slots * self.batch.chunk - self.staged;
-            if room == 0 {
+            if self.staged == cap {
                 // Peek one byte: a full batch is sealed as non-final only if more data follows.
                 let mut one = [0u8; 1];
                 let n = read_full(input, &mut one).map_err(|e| Error::io("reading input", e))?;
                 if n == 0 {
                     break;
                 }
-                self.seal_batch(false)?;
+                self.seal_staged(false)?;
                 self.stage(&one);
                 continue;
             }
-            // Read straight into the slot's plaintext area.
-            let slot = self.staged / self.batch.chunk;
-            let off = self.staged % self.batch.chunk;
-            let start = slot * self.batch.sealed() + off;
-            let want = self.batch.chunk - off;
-            let dst = self
-                .batch
-                .buf
-                .get_mut(start..start + want)
-                .ok_or(Error::Malformed("batch geometry"))?;
-            let n = read_full(input, dst).map_err(|e| Error::io("reading input", e))?;
-            self.staged += n;
-            if n < want {
+            let want = cap - self.staged;
+            let got = read_into_slots_from(input, &mut self.buf, chunk, sealed, self.staged, cap)
+                .map_err(|e| Error::io("reading input", e))?;
+            self.staged += got;
+            if got < want {
                 break;
             }
         }
@@ -404,14 +574,14 @@ impl<W: Write> Encryptor<W> {
     }
 
     fn stage(&mut self, mut data: &[u8]) {
+        let chunk = self.chunk();
+        let sealed = chunk + TAG;
         while !data.is_empty() {
-            let slot = self.staged / self.batch.chunk;
-            let off = self.staged % self.batch.chunk;
-            let start = slot * self.batch.sealed() + off;
-            let n = data.len().min(self.batch.chunk - off);
-            if let (Some(dst), Some(src)) =
-                (self.batch.buf.get_mut(start..start + n), data.get(..n))
-            {
+            let slot = self.staged / chunk;
+            let off = self.staged % chunk;
+            let start = slot * sealed + off;
+            let n = data.len().min(chunk - off);
+            if let (Some(dst), Some(src)) = (self.buf.get_mut(start..start + n), data.get(..n)) {
                 dst.copy_from_slice(src);
             }
             self.staged += n;
@@ -419,60 +589,25 @@ impl<W: Write> Encryptor<W> {
         }
     }
 
-    /// Seal the staged chunks and write them. `last`: the final chunk of the stream.
-    fn seal_batch(&mut self, last: bool) -> Result<()> {
-        let chunk = self.batch.chunk;
-        let sealed = self.batch.sealed();
-        let n_chunks = if last {
-            self.staged.div_ceil(chunk).max(1)
-        } else {
-            self.staged / chunk
-        };
-        let first = self.counter;
-        let end = u64::from(first) + n_chunks as u64;
-        if end > u64::from(u32::MAX) + 1 || (end == u64::from(u32::MAX) + 1 && !last) {
-            return Err(Error::TooLarge("more than 2^32 chunks"));
-        }
-        let staged = self.staged;
-        let prefix = self.prefix;
-        let gcm = &self.keys.payload;
-        let region = self
-            .batch
-            .buf
-            .get_mut(..n_chunks * sealed)
-            .ok_or(Error::Malformed("batch geometry"))?;
-        for_each_slot(region, sealed, self.parallel, |i, slot| {
-            let is_last = last && i + 1 == n_chunks;
-            let len = if is_last { staged - i * chunk } else { chunk };
-            let nonce = chunk_nonce(&prefix, first + i as u32, is_last);
-            let (pt, rest) = slot.split_at_mut(len);
-            let tag = gcm.seal(nonce, &[], pt)?;
-            rest.get_mut(..TAG)
-                .ok_or(Error::Malformed("batch geometry"))?
-                .copy_from_slice(&tag);
-            Ok(())
-        })?;
-        let out_len = if last {
-            (n_chunks - 1) * sealed + (staged - (n_chunks - 1) * chunk) + TAG
-        } else {
-            n_chunks * sealed
-        };
+    fn seal_staged(&mut self, last: bool) -> Result<()> {
+        let mut cc = ChunkCipher::new(&self.keys, self.prefix, self.chunk_log2, self.parallel);
+        cc.counter = self.counter;
+        let n = cc.seal(&mut self.buf, self.staged, last)?;
+        self.counter = cc.counter;
         let bytes = self
-            .batch
             .buf
-            .get(..out_len)
+            .get(..n)
             .ok_or(Error::Malformed("batch geometry"))?;
         self.out
             .write_all(bytes)
             .map_err(|e| Error::io("writing encrypted data", e))?;
-        self.counter = first.wrapping_add(n_chunks as u32);
         self.staged = 0;
         Ok(())
     }
 
     /// Seal the final chunk, flush, and return the writer.
     pub fn finish(mut self) -> Result<W> {
-        self.seal_batch(true)?;
+        self.seal_staged(true)?;
         self.out
             .flush()
             .map_err(|e| Error::io("flushing encrypted data", e))?;
@@ -480,11 +615,38 @@ impl<W: Write> Encryptor<W> {
     }
 }
 
+/// [`read_into_slots`] starting at plaintext offset `from` of the batch.
+fn read_into_slots_from<R: Read + ?Sized>(
+    input: &mut R,
+    buf: &mut [u8],
+    chunk: usize,
+    sealed: usize,
+    from: usize,
+    to: usize,
+) -> io::Result<usize> {
+    let start_slot = from / chunk;
+    let region = buf.get_mut(start_slot * sealed..).unwrap_or_default();
+    let skip = from % chunk;
+    if skip == 0 {
+        return read_into_slots(input, region, chunk, sealed, to - from);
+    }
+    // Finish the partly filled slot first, then whole slots.
+    let first = region
+        .get_mut(skip..chunk)
+        .ok_or_else(|| io::Error::other("batch geometry"))?;
+    let n = read_full(input, first)?;
+    if n < chunk - skip {
+        return Ok(n);
+    }
+    let rest = region.get_mut(sealed..).unwrap_or_default();
+    Ok(n + read_into_slots(input, rest, chunk, sealed, to - from - n)?)
+}
+
 impl<W: Write> Write for Encryptor<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let cap = self.batch.slots * self.batch.chunk;
+        let cap = self.capacity();
         if self.staged == cap && !data.is_empty() {
-            self.seal_batch(false).map_err(io::Error::other)?;
+            self.seal_staged(false).map_err(io::Error::other)?;
         }
         let n = data.len().min(cap - self.staged);
         self.stage(data.get(..n).unwrap_or_default());
@@ -498,7 +660,7 @@ impl<W: Write> Write for Encryptor<W> {
 }
 
 /// Fill `buf` as far as the reader allows; returns bytes read (< len only at EOF).
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(buf.get_mut(n..).unwrap_or_default()) {
@@ -519,15 +681,17 @@ pub struct Decryptor<R: Read> {
     input: R,
     header: Header,
     keys: FileKeys,
-    batch: Batch,
     parallel: bool,
+    counter: u32,
+    /// `slots` sealed chunks plus one look-ahead byte.
+    buf: Vec<u8>,
     /// Ciphertext bytes buffered (including a carried look-ahead byte).
     filled: usize,
-    /// Plaintext ready: slots `[cur, n_ready)`, with `pos` bytes of slot `cur` already served.
-    ready: Vec<usize>,
+    /// Opened slots ready to serve: count, plaintext length of the last one.
+    ready: (usize, usize),
+    /// Next slot to serve and the bytes of it already served.
     cur: usize,
     pos: usize,
-    counter: u32,
     state: DecState,
 }
 
@@ -546,23 +710,24 @@ impl<R: Read> Decryptor<R> {
         let n = read_full(&mut input, &mut hb).map_err(|e| Error::io("reading v2 header", e))?;
         let header = Header::parse(hb.get(..n).unwrap_or_default())?;
         let file_keys = header.open_with(keys)?;
-        Self::with_keys(input, header, file_keys)
+        Ok(Self::with_keys(input, header, file_keys))
     }
 
-    pub(crate) fn with_keys(input: R, header: Header, keys: FileKeys) -> Result<Self> {
-        Ok(Decryptor {
+    pub(crate) fn with_keys(input: R, header: Header, keys: FileKeys) -> Self {
+        let chunk = header.chunk_size();
+        Decryptor {
             input,
-            batch: Batch::new(header.chunk_log2),
+            buf: vec![0u8; slots_for(chunk) * (chunk + TAG) + 1],
             header,
             keys,
             parallel: true,
+            counter: 0,
             filled: 0,
-            ready: Vec::new(),
+            ready: (0, 0),
             cur: 0,
             pos: 0,
-            counter: 0,
             state: DecState::Streaming,
-        })
+        }
     }
 
     /// Use one core only.
@@ -576,32 +741,34 @@ impl<R: Read> Decryptor<R> {
         &self.header
     }
 
+    fn sealed(&self) -> usize {
+        self.header.chunk_size() + TAG
+    }
+
+    fn slot_len(&self, i: usize) -> usize {
+        if i + 1 == self.ready.0 {
+            self.ready.1
+        } else {
+            self.header.chunk_size()
+        }
+    }
+
     /// Decrypt the whole stream into `out`; returns the plaintext length.
     pub fn decrypt_to<W: Write + ?Sized>(mut self, out: &mut W) -> Result<u64> {
         let mut total = 0u64;
         loop {
-            if self.cur >= self.ready.len() {
+            if self.cur >= self.ready.0 {
                 if self.state == DecState::Done {
                     return Ok(total);
                 }
                 self.next_batch()?;
                 continue;
             }
-            let sealed = self.batch.sealed();
-            // Write every ready slot of this batch.
-            for i in self.cur..self.ready.len() {
-                let len = self.ready.get(i).copied().unwrap_or(0);
-                let start = i * sealed;
-                let pt = self
-                    .batch
-                    .buf
-                    .get(start..start + len)
-                    .ok_or(Error::Malformed("batch geometry"))?;
-                out.write_all(pt)
-                    .map_err(|e| Error::io("writing decrypted data", e))?;
-                total += len as u64;
-            }
-            self.cur = self.ready.len();
+            let (chunk, sealed) = (self.header.chunk_size(), self.sealed());
+            let (n, last_len) = self.ready;
+            total += write_slots(out, &self.buf, chunk, sealed, n, last_len)
+                .map_err(|e| Error::io("writing decrypted data", e))?;
+            self.cur = n;
         }
     }
 
@@ -613,79 +780,46 @@ impl<R: Read> Decryptor<R> {
         let r = self.next_batch_inner();
         if r.is_err() {
             self.state = DecState::Failed;
-            self.ready.clear();
+            self.ready = (0, 0);
             self.cur = 0;
         }
         r
     }
 
     fn next_batch_inner(&mut self) -> Result<()> {
-        let cap = self.batch.capacity();
+        let cap = self.buf.len() - 1;
         // Carry the look-ahead byte of the previous batch.
         if self.filled == cap + 1 {
-            let b = self.batch.buf.get(cap).copied().unwrap_or(0);
-            if let Some(first) = self.batch.buf.first_mut() {
+            let b = self.buf.get(cap).copied().unwrap_or(0);
+            if let Some(first) = self.buf.first_mut() {
                 *first = b;
             }
             self.filled = 1;
         }
         let dst = self
-            .batch
             .buf
-            .get_mut(self.filled..cap + 1)
+            .get_mut(self.filled..)
             .ok_or(Error::Malformed("batch geometry"))?;
         let n =
             read_full(&mut self.input, dst).map_err(|e| Error::io("reading encrypted data", e))?;
         self.filled += n;
-        let sealed = self.batch.sealed();
-        let chunk = self.batch.chunk;
         let at_eof = self.filled <= cap;
         let body = self.filled.min(cap);
-        let (n_chunks, last_len) = if at_eof {
-            let full = body / sealed;
-            let rem = body % sealed;
-            if rem == 0 {
-                if full == 0 {
-                    return Err(Error::Decrypt); // no final chunk: truncated
-                }
-                (full, chunk)
-            } else if rem < TAG {
-                return Err(Error::Decrypt); // a cut inside a tag
-            } else {
-                (full + 1, rem - TAG)
-            }
-        } else {
-            (self.batch.slots, chunk)
-        };
-        if at_eof && last_len == 0 && (self.counter > 0 || n_chunks > 1) {
-            // Writers never emit an empty final chunk except for an empty file.
-            return Err(Error::Decrypt);
-        }
-        if u64::from(self.counter) + n_chunks as u64 > u64::from(u32::MAX) + 1 {
-            return Err(Error::TooLarge("more than 2^32 chunks"));
-        }
-        let first = self.counter;
-        let prefix = self.header.nonce_prefix;
-        let gcm = &self.keys.payload;
-        let region_len = if at_eof { body } else { n_chunks * sealed };
+        let mut cc = ChunkCipher::new(
+            &self.keys,
+            self.header.nonce_prefix,
+            self.header.chunk_log2,
+            self.parallel,
+        );
+        cc.counter = self.counter;
         let region = self
-            .batch
             .buf
-            .get_mut(..region_len)
+            .get_mut(..body)
             .ok_or(Error::Malformed("batch geometry"))?;
-        for_each_slot(region, sealed, self.parallel, |i, slot| {
-            let is_last = at_eof && i + 1 == n_chunks;
-            let nonce = chunk_nonce(&prefix, first + i as u32, is_last);
-            gcm.open(nonce, &[], slot).map(|_| ())
-        })?;
-        self.ready.clear();
-        self.ready.resize(n_chunks, chunk);
-        if let Some(l) = self.ready.last_mut() {
-            *l = last_len;
-        }
+        self.ready = cc.open(region, at_eof)?;
+        self.counter = cc.counter;
         self.cur = 0;
         self.pos = 0;
-        self.counter = first.wrapping_add(n_chunks as u32);
         if at_eof {
             self.state = DecState::Done;
         }
@@ -696,12 +830,12 @@ impl<R: Read> Decryptor<R> {
 impl<R: Read> Read for Decryptor<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         loop {
-            if let Some(&len) = self.ready.get(self.cur) {
+            if self.cur < self.ready.0 {
+                let len = self.slot_len(self.cur);
                 if self.pos < len {
-                    let start = self.cur * self.batch.sealed() + self.pos;
+                    let start = self.cur * self.sealed() + self.pos;
                     let n = out.len().min(len - self.pos);
                     let src = self
-                        .batch
                         .buf
                         .get(start..start + n)
                         .ok_or_else(|| io::Error::other("batch geometry"))?;
@@ -726,6 +860,209 @@ impl<R: Read> Read for Decryptor<R> {
             }
         }
     }
+}
+
+/// Buffers in flight in a pipeline (reader, held-back batch, sealer, writer).
+const PIPE_BUFFERS: usize = 4;
+/// Bytes written between two background `fdatasync`s of a file output, so the disk writes while
+/// we compute and the final fsync has little left to do.
+const SYNC_EVERY: usize = 64 << 20;
+
+/// Where a pipeline writes: any writer, plus optionally a handle on the output file to sync in
+/// the background.
+pub struct Sink<W> {
+    /// The destination.
+    pub writer: W,
+    /// A clone of the destination file, `fdatasync`ed every 64 MiB by a helper thread.
+    pub sync: Option<std::fs::File>,
+}
+
+/// Run `reader → transform (this thread) → writer` over [`PIPE_BUFFERS`] batch buffers of
+/// `buf_len` bytes. `read` fills a buffer and returns how many bytes it holds (`full` means a
+/// full batch: more may follow); `transform` turns the held-back batch into what `write` needs,
+/// told whether it is the last one.
+fn pipeline<R, W, T, FR, FT, FW>(
+    mut input: R,
+    sink: Sink<W>,
+    buf_len: usize,
+    full: usize,
+    read: FR,
+    mut transform: FT,
+    write: FW,
+) -> Result<W>
+where
+    R: Read + Send,
+    W: Write + Send,
+    T: Send,
+    FR: Fn(&mut R, &mut [u8]) -> io::Result<usize> + Send,
+    FT: FnMut(&mut [u8], usize, bool) -> Result<T>,
+    FW: Fn(&mut W, &[u8], &T) -> Result<usize> + Send,
+{
+    use std::sync::mpsc::sync_channel;
+    std::thread::scope(|s| {
+        let (free_tx, free_rx) = sync_channel::<Vec<u8>>(PIPE_BUFFERS);
+        for _ in 0..PIPE_BUFFERS {
+            free_tx
+                .send(vec![0u8; buf_len])
+                .map_err(|_| Error::Malformed("pipeline"))?;
+        }
+        let (filled_tx, filled_rx) = sync_channel::<io::Result<(Vec<u8>, usize)>>(PIPE_BUFFERS);
+        let (done_tx, done_rx) = sync_channel::<(Vec<u8>, T)>(PIPE_BUFFERS);
+
+        s.spawn(move || {
+            while let Ok(mut buf) = free_rx.recv() {
+                let r = read(&mut input, &mut buf);
+                let last = !matches!(r, Ok(n) if n == full);
+                if filled_tx.send(r.map(|n| (buf, n))).is_err() || last {
+                    break;
+                }
+            }
+        });
+
+        let Sink { mut writer, sync } = sink;
+        let writer_thread = s.spawn(move || -> Result<W> {
+            let (tick_tx, tick_rx) = sync_channel::<()>(1);
+            if let Some(f) = sync {
+                s.spawn(move || {
+                    for () in tick_rx {
+                        // Errors surface in the final fsync of the commit.
+                        let _ = f.sync_data();
+                    }
+                });
+            }
+            let mut since_sync = 0;
+            for (buf, t) in done_rx {
+                since_sync += write(&mut writer, &buf, &t)?;
+                if since_sync >= SYNC_EVERY {
+                    let _ = tick_tx.try_send(());
+                    since_sync = 0;
+                }
+                let _ = free_tx.send(buf);
+            }
+            writer.flush().map_err(|e| Error::io("writing output", e))?;
+            Ok(writer)
+        });
+
+        let mut run = || -> Result<()> {
+            let mut pending: Option<Vec<u8>> = None;
+            let mut send = |mut buf: Vec<u8>, len: usize, last: bool| -> Result<()> {
+                let t = transform(&mut buf, len, last)?;
+                done_tx
+                    .send((buf, t))
+                    .map_err(|_| Error::Malformed("writer stopped"))
+            };
+            for msg in &filled_rx {
+                let (buf, n) = msg.map_err(|e| Error::io("reading input", e))?;
+                if n == full {
+                    if let Some(p) = pending.take() {
+                        send(p, full, false)?;
+                    }
+                    pending = Some(buf);
+                    continue;
+                }
+                match pending.take() {
+                    Some(p) if n == 0 => send(p, full, true)?,
+                    Some(p) => {
+                        send(p, full, false)?;
+                        send(buf, n, true)?;
+                    }
+                    None => send(buf, n, true)?,
+                }
+                return Ok(());
+            }
+            Err(Error::Malformed("input ended without a final batch"))
+        };
+        let result = run();
+        drop(done_tx);
+        drop(filled_rx);
+        let written = writer_thread
+            .join()
+            .unwrap_or(Err(Error::Malformed("writer thread panicked")));
+        match (result, written) {
+            // A writer failure makes the sealer's send fail: report the writer's error.
+            (Err(_), Err(e)) | (Ok(()), Err(e)) => Err(e),
+            (Err(e), Ok(_)) => Err(e),
+            (Ok(()), Ok(w)) => Ok(w),
+        }
+    })
+}
+
+/// Encrypt `input` into `sink` with a reader thread, sealing on this thread and a writer
+/// thread, so reading, sealing and writing overlap. Returns the writer and the plaintext length.
+pub fn encrypt_pipelined<R: Read + Send, W: Write + Send>(
+    input: R,
+    mut sink: Sink<W>,
+    master: &SecretKey,
+    opts: Options,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(W, u64)> {
+    let (header, keys) = Header::create(master, opts.chunk_log2)?;
+    sink.writer
+        .write_all(&header.to_bytes())
+        .map_err(|e| Error::io("writing v2 header", e))?;
+    let chunk = header.chunk_size();
+    let sealed = chunk + TAG;
+    let slots = slots_for(chunk);
+    let mut cc = ChunkCipher::new(&keys, header.nonce_prefix, opts.chunk_log2, opts.parallel);
+    let mut total = 0u64;
+    let w = pipeline(
+        input,
+        sink,
+        slots * sealed,
+        slots * chunk,
+        move |r, buf| read_into_slots(r, buf, chunk, sealed, slots * chunk),
+        |buf, len, last| {
+            total += len as u64;
+            progress(len as u64);
+            cc.seal(buf, len, last)
+        },
+        |w, buf, &n| {
+            let bytes = buf.get(..n).ok_or(Error::Malformed("batch geometry"))?;
+            w.write_all(bytes)
+                .map_err(|e| Error::io("writing encrypted data", e))?;
+            Ok(n)
+        },
+    )?;
+    Ok((w, total))
+}
+
+/// Decrypt the chunks that follow an authenticated header (`input` positioned after it) into
+/// `sink`, pipelined like [`encrypt_pipelined`]. Every chunk is authenticated before its
+/// plaintext reaches the writer. Returns the writer and the plaintext length.
+pub(crate) fn decrypt_pipelined<R: Read + Send, W: Write + Send>(
+    input: R,
+    header: &Header,
+    keys: &FileKeys,
+    sink: Sink<W>,
+    parallel: bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(W, u64)> {
+    let chunk = header.chunk_size();
+    let sealed = chunk + TAG;
+    let slots = slots_for(chunk);
+    let mut cc = ChunkCipher::new(keys, header.nonce_prefix, header.chunk_log2, parallel);
+    let total = std::sync::atomic::AtomicU64::new(0);
+    let w = pipeline(
+        input,
+        sink,
+        slots * sealed,
+        slots * sealed,
+        |r, buf| read_full(r, buf),
+        |buf, len, last| {
+            progress(len as u64);
+            let region = buf
+                .get_mut(..len)
+                .ok_or(Error::Malformed("batch geometry"))?;
+            cc.open(region, last)
+        },
+        |w, buf, &(n, last_len)| {
+            let k = write_slots(w, buf, chunk, sealed, n, last_len)
+                .map_err(|e| Error::io("writing decrypted data", e))?;
+            total.fetch_add(k, std::sync::atomic::Ordering::Relaxed);
+            Ok(k as usize)
+        },
+    )?;
+    Ok((w, total.into_inner()))
 }
 
 /// Encrypt a byte slice into a v2 blob.

@@ -189,3 +189,61 @@ proptest! {
         prop_assert!(v2::open(&keys, &blob[..cut]).is_err());
     }
 }
+
+#[test]
+fn file_pipeline_agrees_with_the_slice_api() {
+    use aegis_crypto::file::{self, Input, Output};
+    let keys = Keyset::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (chunk_log2, len) in [
+        (12u8, 0usize),
+        (12, 1),
+        (12, 4096),
+        (12, BATCH),
+        (12, BATCH + 1),
+        (16, 3 * BATCH + 65_537),
+        (16, 2 * BATCH),
+    ] {
+        let pt = data(len, len as u64 + 99);
+        let src = dir.path().join(format!("p{chunk_log2}-{len}"));
+        std::fs::write(&src, &pt).unwrap();
+        let enc = dir.path().join(format!("e{chunk_log2}-{len}"));
+        let opts = v2::Options {
+            chunk_log2,
+            parallel: len % 2 == 0,
+        };
+        let mut seen = 0u64;
+        let out = file::encrypt(
+            keys.primary(),
+            &Input::Path(src),
+            &Output::Path {
+                path: enc.clone(),
+                overwrite: false,
+            },
+            Format::V2,
+            opts,
+            &mut |n| seen += n,
+        )
+        .unwrap();
+        assert_eq!((out.plaintext_len, seen), (len as u64, len as u64));
+        let blob = std::fs::read(&enc).unwrap();
+        // Pipelined writer → streaming reader.
+        assert!(v2::open(&keys, &blob).unwrap() == pt, "len {len}");
+        // Streaming writer → pipelined reader.
+        let other = dir.path().join(format!("o{chunk_log2}-{len}"));
+        std::fs::write(&other, v2::seal(keys.primary(), &pt, opts).unwrap()).unwrap();
+        let dec = dir.path().join(format!("d{chunk_log2}-{len}"));
+        let got = file::decrypt(
+            &keys,
+            &Input::Path(other),
+            &Output::Path {
+                path: dec.clone(),
+                overwrite: false,
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(got.plaintext_len, len as u64);
+        assert!(std::fs::read(&dec).unwrap() == pt);
+    }
+}
