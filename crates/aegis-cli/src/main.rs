@@ -299,15 +299,15 @@ fn key_cmd(store: &KeyStore, args: &StoreArgs, cmd: KeyCmd) -> Result<ExitCode> 
             print_status(&keys, &loc.to_string(), json)?;
         }
         KeyCmd::Rotate => {
-            let (mut keys, loc) = store.load()?;
-            let old = keys.primary_id();
-            let new = keys.rotate()?;
-            store.save(&keys, &loc)?;
+            let ((old, new), _, loc) = store.update(|keys| {
+                let old = keys.primary_id();
+                Ok((old, keys.rotate()?))
+            })?;
             println!("new primary key {new} in {loc}; {old} is retained for decryption");
             println!("next: `aegis reencrypt DIR...` brings existing files under {new}");
         }
         KeyCmd::Retire { id, roots } => {
-            let (mut keys, loc) = store.load()?;
+            let (keys, _) = store.load()?;
             if keys.entry(id).is_none() {
                 bail!("no key {id} in the keyset");
             }
@@ -340,20 +340,18 @@ fn key_cmd(store: &KeyStore, args: &StoreArgs, cmd: KeyCmd) -> Result<ExitCode> 
                     p.display()
                 );
             }
-            keys.retire(id)?;
-            store.save(&keys, &loc)?;
+            drop(keys);
+            store.update(|keys| keys.retire(id))?;
             println!(
                 "key {id} retired (no file under the given roots needs it); `aegis key destroy {id}` erases it"
             );
         }
         KeyCmd::Reinstate { id } => {
-            let (mut keys, loc) = store.load()?;
-            keys.reinstate(id)?;
-            store.save(&keys, &loc)?;
+            store.update(|keys| keys.reinstate(id))?;
             println!("key {id} is retained again and decrypts");
         }
         KeyCmd::Destroy { id, confirm } => {
-            let (mut keys, loc) = store.load()?;
+            let (keys, _) = store.load()?;
             match keys.entry(id).map(|e| e.status) {
                 None => bail!("no key {id} in the keyset"),
                 Some(KeyStatus::Retired | KeyStatus::Destroyed) => {}
@@ -366,8 +364,8 @@ fn key_cmd(store: &KeyStore, args: &StoreArgs, cmd: KeyCmd) -> Result<ExitCode> 
                     "destroying key {id} makes every file still under it unreadable for ever; repeat the id to confirm: --confirm {id}"
                 );
             }
-            keys.destroy(id)?;
-            store.save(&keys, &loc)?;
+            drop(keys);
+            store.update(|keys| keys.destroy(id))?;
             println!("key {id} destroyed");
         }
     }
@@ -407,9 +405,12 @@ fn print_status(keys: &Keyset, loc: &str, json: bool) -> Result<()> {
 
 fn exclusions(args: &StoreArgs) -> Vec<PathBuf> {
     let key_file = args.key_file();
-    let mut doc = key_file.clone().into_os_string();
-    doc.push(".keyset");
-    vec![key_file, PathBuf::from(doc)]
+    let beside = |ext: &str| {
+        let mut p = key_file.clone().into_os_string();
+        p.push(ext);
+        PathBuf::from(p)
+    };
+    vec![beside(".keyset"), beside(".lock"), key_file.clone()]
 }
 
 fn is_dash(p: &Path) -> bool {

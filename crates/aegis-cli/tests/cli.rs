@@ -1283,3 +1283,35 @@ fn io_errors_do_not_repeat_their_cause() {
         "cause repeated: {line}"
     );
 }
+
+#[test]
+fn concurrent_rotations_lose_no_key() {
+    // Eight `aegis key rotate` at once: the keyset lock serializes them, so every new key ends
+    // up in the keyset (without it, one process's document write can drop another's key).
+    let (_sb, a) = initialized();
+    let children: Vec<_> = (0..8).map(|_| a.spawn(["key", "rotate"])).collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        common::assert_success(&out, "concurrent rotate");
+    }
+    let statuses = a.key_statuses();
+    assert_eq!(statuses.len(), 9, "{statuses:?}");
+    assert_eq!(statuses.values().filter(|s| *s == "primary").count(), 1);
+    assert_eq!(statuses.values().filter(|s| *s == "retained").count(), 8);
+}
+
+#[test]
+fn one_reencrypt_per_tree_at_a_time() {
+    let (sb, a) = initialized();
+    let dir = sb.mkdir("data");
+    encrypt_bytes(&a, b"payload", &dir.join("f.enc"), "v2");
+    a.ok(["key", "rotate"]);
+    // Another run holds the tree (the lock is a flock on the root directory).
+    let holder = std::fs::File::open(&dir).unwrap();
+    holder.lock().unwrap();
+    let line = a.fail(["reencrypt", s(&dir)]);
+    assert!(line.contains("another `aegis reencrypt`"), "{line}");
+    drop(holder);
+    a.ok(["reencrypt", s(&dir)]);
+    assert_eq!(a.key_of(&dir.join("f.enc")), a.primary_id());
+}

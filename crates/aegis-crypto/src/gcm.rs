@@ -33,6 +33,27 @@ impl Gcm {
         Ok(out)
     }
 
+    /// Encrypt `pt` into `ct` (same length) and write the tag into `tag`, leaving `pt` intact.
+    pub(crate) fn seal_into(
+        &self,
+        nonce: [u8; NONCE],
+        aad: &[u8],
+        pt: &[u8],
+        ct: &mut [u8],
+        tag: &mut [u8],
+    ) -> Result<()> {
+        self.0
+            .seal_out_of_place_scatter(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                pt,
+                ct,
+                &[],
+                tag,
+            )
+            .map_err(|_| Error::TooLarge("AES-GCM message limit"))
+    }
+
     /// Decrypt `ct_and_tag` in place; returns the plaintext prefix. On failure the buffer is
     /// zeroized, so no unauthenticated plaintext survives in it.
     pub(crate) fn open<'a>(

@@ -215,6 +215,7 @@ pub fn reencrypt(
     opts: &Options,
     progress: &mut dyn FnMut(&Path, usize),
 ) -> Result<Report> {
+    let _locks = lock_roots(roots)?;
     let listing = list(roots, &opts.exclude)?;
     let mut report = Report::default();
     if !opts.dry_run {
@@ -260,6 +261,28 @@ pub fn reencrypt(
         }
     }
     Ok(report)
+}
+
+/// One `aegis reencrypt` per directory tree at a time: an exclusive `flock` on each root
+/// directory (no lock file is left behind), released when the run ends.
+fn lock_roots(roots: &[PathBuf]) -> Result<Vec<File>> {
+    let mut held = Vec::new();
+    for root in roots.iter().filter(|r| r.is_dir()) {
+        let d = File::open(root).ctx(|| format!("opening {}", root.display()))?;
+        match d.try_lock() {
+            Ok(()) => held.push(d),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Keyset(format!(
+                    "another `aegis reencrypt` is working on {}; wait for it (or rerun it if it died: the lock goes with the process)",
+                    root.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io(format!("locking {}", root.display()), e));
+            }
+        }
+    }
+    Ok(held)
 }
 
 fn rewrite_v1(path: &Path, keys: &Keyset, plaintext: &[u8], migrate: bool) -> Result<()> {

@@ -490,6 +490,7 @@ impl KeyStore {
     /// Create a new keyset with a fresh primary key. Refuses if a key already exists in the
     /// keyring entry or the key file (a corrupt key file counts: it is never overwritten).
     pub fn init(&self) -> Result<(Keyset, Location)> {
+        let _lock = self.lock()?;
         let path = self.config.key_file.clone();
         let existing = [path.clone(), self.keyset_file()]
             .into_iter()
@@ -564,10 +565,64 @@ impl KeyStore {
     }
 
     /// Persist a keyset whose primary may have changed (rotation): the document first, then
-    /// the primary entry.
+    /// the primary entry. Prefer [`KeyStore::update`], which also excludes concurrent writers.
     pub fn save(&self, ks: &Keyset, loc: &Location) -> Result<()> {
         self.write_doc(ks, loc)?;
         self.write_primary(ks, loc)
+    }
+
+    /// Load, change and save the keyset while holding the store's lock, so two `aegis`
+    /// processes changing keys at once cannot lose each other's keys.
+    pub fn update<T>(
+        &self,
+        f: impl FnOnce(&mut Keyset) -> Result<T>,
+    ) -> Result<(T, Keyset, Location)> {
+        let _lock = self.lock()?;
+        let (mut ks, loc) = self.load()?;
+        let t = f(&mut ks)?;
+        self.save(&ks, &loc)?;
+        Ok((t, ks, loc))
+    }
+
+    /// The advisory lock that serializes keyset changes: `flock` on `KEY_FILE.lock` (created
+    /// 0600 next to the key file, for either backend). Waits up to 10 s for another holder.
+    fn lock(&self) -> Result<Option<File>> {
+        let mut p = self.config.key_file.clone().into_os_string();
+        p.push(".lock");
+        let path = PathBuf::from(p);
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let f = match opts.open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                // A read-only directory: nothing else can write the key file there either.
+                tracing::debug!("no keyset lock ({}: {e})", path.display());
+                return Ok(None);
+            }
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match f.try_lock() {
+                Ok(()) => return Ok(Some(f)),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::Keyset(format!(
+                        "another aegis process is changing the keyset (lock {} held for 10 s)",
+                        path.display()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Error::io(format!("locking {}", path.display()), e));
+                }
+            }
+        }
     }
 
     /// When the keyset was last changed (for status output).

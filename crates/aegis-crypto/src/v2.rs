@@ -1065,17 +1065,78 @@ pub(crate) fn decrypt_pipelined<R: Read + Send, W: Write + Send>(
     Ok((w, total.into_inner()))
 }
 
-/// Encrypt a byte slice into a v2 blob.
+/// Encrypt a byte slice into a v2 blob: each chunk is sealed straight from the input into its
+/// place in the output (no staging copy), on all cores when `opts.parallel`.
 pub fn seal(master: &SecretKey, plaintext: &[u8], opts: Options) -> Result<Vec<u8>> {
-    let out = Vec::with_capacity(HEADER_LEN + plaintext.len() + plaintext.len() / 1024 + TAG);
-    let mut input = plaintext;
-    Encryptor::new(out, master, opts)?.encrypt_from(&mut input)
+    let (header, keys) = Header::create(master, opts.chunk_log2)?;
+    let chunk = header.chunk_size();
+    let n = plaintext.len().div_ceil(chunk).max(1);
+    if n as u64 > u64::from(u32::MAX) + 1 {
+        return Err(Error::TooLarge("more than 2^32 chunks"));
+    }
+    let mut out = vec![0u8; HEADER_LEN + plaintext.len() + n * TAG];
+    let (head, body) = out.split_at_mut(HEADER_LEN);
+    head.copy_from_slice(&header.to_bytes());
+    let (gcm, prefix) = (&keys.payload, header.nonce_prefix);
+    let work = |(i, (slot, pt)): (usize, (&mut [u8], &[u8]))| -> Result<()> {
+        let nonce = chunk_nonce(&prefix, i as u32, i + 1 == n);
+        let (ct, tag) = slot.split_at_mut(pt.len());
+        gcm.seal_into(nonce, &[], pt, ct, tag)
+    };
+    if plaintext.is_empty() {
+        work((0, (body, plaintext)))?;
+    } else if opts.parallel && n >= 4 {
+        body.par_chunks_mut(chunk + TAG)
+            .zip(plaintext.par_chunks(chunk))
+            .enumerate()
+            .try_for_each(work)?;
+    } else {
+        body.chunks_mut(chunk + TAG)
+            .zip(plaintext.chunks(chunk))
+            .enumerate()
+            .try_for_each(work)?;
+    }
+    Ok(out)
 }
 
-/// Decrypt a v2 blob.
+/// Decrypt a v2 blob: each chunk is opened straight from the blob into its place in the output,
+/// on all cores. On failure no plaintext is returned (the buffer is zeroized).
 pub fn open(keys: &Keyset, blob: &[u8]) -> Result<Vec<u8>> {
-    let mut input = blob;
-    let mut out = Vec::with_capacity(blob.len());
-    Decryptor::new(&mut input, keys)?.decrypt_to(&mut out)?;
+    let header = Header::parse(blob)?;
+    let file = header.open_with(keys)?;
+    let len = header
+        .plaintext_len(blob.len() as u64)
+        .and_then(|l| usize::try_from(l).ok())
+        .ok_or(Error::Decrypt)?; // a length no complete file can have: truncated or extended
+    let chunk = header.chunk_size();
+    let n = len.div_ceil(chunk).max(1);
+    if n as u64 > u64::from(u32::MAX) + 1 {
+        return Err(Error::TooLarge("more than 2^32 chunks"));
+    }
+    let body = blob.get(HEADER_LEN..).ok_or(Error::Decrypt)?;
+    let mut out = vec![0u8; len];
+    let (gcm, prefix) = (&file.payload, header.nonce_prefix);
+    let work = |(i, (slot, pt)): (usize, (&[u8], &mut [u8]))| -> Result<()> {
+        let nonce = chunk_nonce(&prefix, i as u32, i + 1 == n);
+        let (ct, tag) = slot.split_at(pt.len());
+        gcm.open_detached(nonce, &[], ct, tag, pt)
+    };
+    let r = if len == 0 {
+        work((0, (body, &mut out[..])))
+    } else if n >= 4 {
+        body.par_chunks(chunk + TAG)
+            .zip(out.par_chunks_mut(chunk))
+            .enumerate()
+            .try_for_each(work)
+    } else {
+        body.chunks(chunk + TAG)
+            .zip(out.chunks_mut(chunk))
+            .enumerate()
+            .try_for_each(work)
+    };
+    if let Err(e) = r {
+        zeroize::Zeroize::zeroize(&mut out);
+        return Err(e);
+    }
     Ok(out)
 }
