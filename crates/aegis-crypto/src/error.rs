@@ -72,6 +72,10 @@ pub enum Error {
     #[error("OS keyring: {0}")]
     Keyring(String),
 
+    /// Several keyring items match the entry and hold different values.
+    #[error("OS keyring: {0}")]
+    KeyringConflict(String),
+
     /// The keyset is not in a state that allows the operation.
     #[error("{0}")]
     Keyset(String),

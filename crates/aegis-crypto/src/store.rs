@@ -184,7 +184,7 @@ impl Keyring {
                         None => first = Some(v),
                         Some(f) if f.trim() == v.trim() => {}
                         Some(_) => {
-                            return Err(Error::Keyring(format!(
+                            return Err(Error::KeyringConflict(format!(
                                 "{what}: {} items in the Secret Service hold different values; \
                                  delete the stale ones (see `secret-tool search --all service NAME`) and retry",
                                 items.len(),
@@ -276,10 +276,7 @@ impl KeyStore {
                 let orphan = matches!(Keyring::read(&kr.keyset, &doc), Ok(Some(_)) | Err(_));
                 Ok(Probe::Empty { orphan })
             }
-            // Differing duplicates are a real problem, not an unusable keyring.
-            Err(e @ Error::Keyring(_)) if matches!(&e, Error::Keyring(m) if m.contains("hold different values")) => {
-                Err(e)
-            }
+            // Only an unreachable keyring falls back; differing duplicates are a real problem.
             Err(Error::Keyring(why)) => Ok(Probe::Unusable(why)),
             Err(e) => Err(e),
         }
