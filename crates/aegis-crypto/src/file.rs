@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::AtomicFile;
+use crate::fsutil::{AtomicFile, read_full};
 use crate::key::{KeyId, SecretKey};
 use crate::keyset::Keyset;
 use crate::{Format, v1, v2};
@@ -204,7 +204,7 @@ pub fn decrypt(
 ) -> Result<Outcome> {
     let (mut src, len) = open_input(input)?;
     let mut head = [0u8; v2::HEADER_LEN];
-    let got = read_up_to(&mut src, &mut head).ctx(|| "reading input".to_string())?;
+    let got = read_full(&mut src, &mut head).ctx(|| "reading input".to_string())?;
     progress(got as u64);
     let head = head.get(..got).unwrap_or_default();
     match Format::detect(head) {
@@ -222,7 +222,8 @@ pub fn decrypt(
                         n: &mut counted,
                         progress,
                     };
-                    v2::Decryptor::with_keys(input, header.clone(), file_keys).decrypt_to(sink.writer)
+                    v2::Decryptor::with_keys(input, header.clone(), file_keys)
+                        .decrypt_to(sink.writer)
                 }
             })?;
             Ok(Outcome {
@@ -254,19 +255,6 @@ pub fn decrypt(
     }
 }
 
-fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(buf.get_mut(n..).unwrap_or_default()) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// What `aegis inspect` shows: no secrets, no key needed.
 #[derive(Clone, Debug)]
 pub struct Info {
@@ -290,7 +278,7 @@ pub fn inspect(path: &Path) -> Result<Info> {
         .ctx(|| format!("reading {}", path.display()))?
         .len();
     let mut head = [0u8; v2::HEADER_LEN];
-    let got = read_up_to(&mut f, &mut head).ctx(|| format!("reading {}", path.display()))?;
+    let got = read_full(&mut f, &mut head).ctx(|| format!("reading {}", path.display()))?;
     let head = head.get(..got).unwrap_or_default();
     Ok(match Format::detect(head) {
         Format::V2 => {

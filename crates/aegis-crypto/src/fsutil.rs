@@ -148,6 +148,21 @@ pub fn replace_private(path: &Path, contents: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
+/// Fill `buf` as far as the reader allows; returns the bytes read (fewer than `buf.len()` only
+/// at end of input).
+pub fn read_full<R: std::io::Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(buf.get_mut(n..).unwrap_or_default()) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// Refuse a secret file that group or others may access.
 pub fn check_private(path: &Path) -> Result<()> {
     #[cfg(unix)]

@@ -158,16 +158,7 @@ fn list(roots: &[PathBuf], exclude: &[PathBuf]) -> Result<Listing> {
 fn classify(path: &Path, keys: &Keyset, want_v1_plaintext_for_primary: bool) -> Result<Class> {
     let mut f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
     let mut head = [0u8; v2::HEADER_LEN];
-    let mut got = 0;
-    while got < head.len() {
-        let n = f
-            .read(head.get_mut(got..).unwrap_or_default())
-            .ctx(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        got += n;
-    }
+    let got = fsutil::read_full(&mut f, &mut head).ctx(|| format!("reading {}", path.display()))?;
     let prefix = head.get(..got).unwrap_or_default();
     if v2::has_magic(prefix) {
         let h = v2::Header::parse(prefix)?;

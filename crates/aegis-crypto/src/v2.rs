@@ -20,6 +20,7 @@ use rayon::prelude::*;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
+use crate::fsutil::read_full;
 use crate::gcm::{Gcm, NONCE, TAG};
 use crate::key::{KEY_LEN, KeyId, SecretKey, fill_random, hkdf_expand};
 use crate::keyset::Keyset;
@@ -657,20 +658,6 @@ impl<W: Write> Write for Encryptor<W> {
         // Chunks are sealed only when full; flushing the inner writer is all we can do.
         self.out.flush()
     }
-}
-
-/// Fill `buf` as far as the reader allows; returns bytes read (< len only at EOF).
-fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(buf.get_mut(n..).unwrap_or_default()) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Streaming v2 decryption from any `Read`. Each chunk is authenticated before any of its
