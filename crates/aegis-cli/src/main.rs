@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use aegis_crypto::file::{self, Input, Output};
 use aegis_crypto::keyset::KeyStatus;
 use aegis_crypto::reencrypt;
-use aegis_crypto::store::{Backend, KeyStore, StoreConfig};
+use aegis_crypto::store::{Backend, KeyStore, LockMode, StoreConfig};
 use aegis_crypto::{Format, KeyId, Keyset, v2};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -307,6 +307,10 @@ fn key_cmd(store: &KeyStore, args: &StoreArgs, cmd: KeyCmd) -> Result<ExitCode> 
             println!("next: `aegis reencrypt DIR...` brings existing files under {new}");
         }
         KeyCmd::Retire { id, roots } => {
+            // The keyset and the trees stay fixed from the scan to the retirement: no rotation
+            // and no reencrypt can slip a file under the key in between.
+            let lock = store.lock(LockMode::Exclusive)?;
+            let _trees = reencrypt::lock_roots(&roots)?;
             let (keys, _) = store.load()?;
             if keys.entry(id).is_none() {
                 bail!("no key {id} in the keyset");
@@ -341,7 +345,7 @@ fn key_cmd(store: &KeyStore, args: &StoreArgs, cmd: KeyCmd) -> Result<ExitCode> 
                 );
             }
             drop(keys);
-            store.update(|keys| keys.retire(id))?;
+            store.update_held(&lock, |keys| keys.retire(id))?;
             println!(
                 "key {id} retired (no file under the given roots needs it); `aegis key destroy {id}` erases it"
             );
@@ -536,6 +540,8 @@ fn decrypt(store: &KeyStore, a: DecryptArgs) -> Result<ExitCode> {
 }
 
 fn reencrypt_cmd(store: &KeyStore, args: &StoreArgs, a: ReencryptArgs) -> Result<ExitCode> {
+    // Shared: several runs at once are fine, but no key change until they end.
+    let _keyset = store.lock(LockMode::Shared)?;
     let (keys, _) = store.load()?;
     let opts = reencrypt::Options {
         migrate_v1: a.migrate_v1,

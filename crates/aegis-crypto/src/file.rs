@@ -160,7 +160,13 @@ pub fn encrypt(
     let (mut src, len) = open_input(input)?;
     match format {
         Format::V1 => {
-            let mut buf = read_all(&mut src, len, v1::NONCE_LEN, v1::TAG_LEN, progress)?;
+            if len.is_some_and(|l| l > v1::MAX_PLAINTEXT) {
+                return Err(Error::TooLarge(
+                    "v1 blobs carry less than 2 GiB (the Python system's limit); use v2",
+                ));
+            }
+            let mut limited = (&mut src).take(v1::MAX_PLAINTEXT + 1);
+            let mut buf = read_all(&mut limited, len, v1::NONCE_LEN, v1::TAG_LEN, progress)?;
             let n = (buf.len() - v1::NONCE_LEN) as u64;
             v1::seal_in_place(key, &mut buf)?;
             write_whole(output, &buf)?;
@@ -233,6 +239,12 @@ pub fn decrypt(
             })
         }
         Format::V1 => {
+            if len.is_some_and(|l| l > v1::MAX_BLOB) {
+                return Err(Error::Malformed(
+                    "larger than any v1 blob, and no v2 header: not an AEGIS file, or a damaged v2 file",
+                ));
+            }
+            let mut src = (&mut src).take(v1::MAX_BLOB + 1 - got as u64);
             let rest = read_all(
                 &mut src,
                 len.map(|l| l.saturating_sub(got as u64)),

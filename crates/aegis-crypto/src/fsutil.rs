@@ -30,9 +30,15 @@ fn parent_of(path: &Path) -> &Path {
 impl AtomicFile {
     /// Start writing a file that will become `dest`. The temporary file has mode 0600.
     pub fn create(dest: &Path) -> Result<Self> {
+        Self::create_with_prefix(dest, TEMP_PREFIX)
+    }
+
+    /// [`AtomicFile::create`] with a temporary name starting with `prefix` (which should
+    /// itself start with [`TEMP_PREFIX`], so scans skip it).
+    pub fn create_with_prefix(dest: &Path, prefix: &str) -> Result<Self> {
         let dir = parent_of(dest);
         let tmp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
+            .prefix(prefix)
             .tempfile_in(dir)
             .ctx(|| format!("creating a temporary file in {}", dir.display()))?;
         Ok(AtomicFile {

@@ -263,7 +263,7 @@ impl Keyset {
                     status: e.status,
                     created: e.created,
                     changed: e.changed,
-                    key: e.material.as_ref().map(|k| k.to_base64().to_string()),
+                    key: e.material.as_ref().map(SecretKey::to_base64),
                 })
                 .collect(),
         }
@@ -371,9 +371,9 @@ struct StoredKey {
     created: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     changed: Option<u64>,
-    /// URL-safe Base64; absent once destroyed.
+    /// URL-safe Base64; absent once destroyed. Zeroized when the document is dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    key: Option<String>,
+    key: Option<zeroize::Zeroizing<String>>,
 }
 
 #[cfg(test)]

@@ -26,6 +26,11 @@ use crate::{v1, v2};
 /// Name of the per-directory rewrap journal.
 pub const JOURNAL_NAME: &str = ".aegis-rewrap.journal";
 const JOURNAL_MAGIC: &[u8; 8] = b"AEGISJ\x00\x01";
+/// Prefix of the temporary files `reencrypt` itself writes: under the root lock, any such file
+/// is the leftover of a killed run.
+const OWN_TEMP_PREFIX: &str = ".aegis-tmp-re-";
+/// Other temporary files older than this are leftovers of a dead process.
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Re-encryption settings.
 #[derive(Clone, Debug, Default)]
@@ -63,8 +68,7 @@ pub struct Report {
     pub failed: Vec<(PathBuf, String)>,
 }
 
-/// What one file needs.
-#[derive(Debug)]
+/// What one file needs. (No `Debug`: it can hold plaintext.)
 enum Class {
     Current,
     /// v2 under another usable key: the rewrapped header, and the old one.
@@ -77,6 +81,7 @@ enum Class {
     V1 {
         plaintext: zeroize::Zeroizing<Vec<u8>>,
         from: KeyId,
+        seen: Identity,
     },
     NotOpened,
     UnknownKey(KeyId),
@@ -155,8 +160,49 @@ fn list(roots: &[PathBuf], exclude: &[PathBuf]) -> Result<Listing> {
     Ok(l)
 }
 
+/// Open a file we may rewrite, refusing to follow a symbolic link (a file swapped for a link
+/// after the listing must not redirect our writes).
+fn open_nofollow(path: &Path, write: bool) -> Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(write);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    }
+    opts.open(path)
+        .ctx(|| format!("opening {}", path.display()))
+}
+
+/// What identifies the version of a file we read: if any of it differs when we come back to
+/// write, the file was replaced meanwhile and is left alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: Option<std::time::SystemTime>,
+}
+
+fn identity(meta: &fs::Metadata) -> Identity {
+    #[cfg(unix)]
+    let (dev, ino) = {
+        use std::os::unix::fs::MetadataExt;
+        (meta.dev(), meta.ino())
+    };
+    #[cfg(not(unix))]
+    let (dev, ino) = (0, 0);
+    Identity {
+        dev,
+        ino,
+        len: meta.len(),
+        mtime: meta.modified().ok(),
+    }
+}
+
 fn classify(path: &Path, keys: &Keyset, want_v1_plaintext_for_primary: bool) -> Result<Class> {
-    let mut f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+    let mut f = open_nofollow(path, false)?;
+    let meta = f.metadata().ctx(|| format!("reading {}", path.display()))?;
     let mut head = [0u8; v2::HEADER_LEN];
     let got = fsutil::read_full(&mut f, &mut head).ctx(|| format!("reading {}", path.display()))?;
     let prefix = head.get(..got).unwrap_or_default();
@@ -176,11 +222,16 @@ fn classify(path: &Path, keys: &Keyset, want_v1_plaintext_for_primary: bool) -> 
             from: h.key_id(),
         });
     }
-    if got < v1::OVERHEAD {
+    // Files that cannot be v1 blobs are not read: too short, or longer than any blob the
+    // Python system (or aegis) writes — this also bounds memory by the largest v1 blob.
+    if got < v1::OVERHEAD || meta.len() > v1::MAX_BLOB {
         return Ok(Class::NotOpened);
     }
-    let mut blob = prefix.to_vec();
-    f.read_to_end(&mut blob)
+    let mut blob = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    blob.extend_from_slice(prefix);
+    (&mut f)
+        .take(v1::MAX_BLOB + 1 - got as u64)
+        .read_to_end(&mut blob)
         .ctx(|| format!("reading {}", path.display()))?;
     match v1::open_with_keyset(keys, &blob) {
         Ok((pt, from)) => {
@@ -190,6 +241,7 @@ fn classify(path: &Path, keys: &Keyset, want_v1_plaintext_for_primary: bool) -> 
                 Ok(Class::V1 {
                     plaintext: zeroize::Zeroizing::new(pt),
                     from,
+                    seen: identity(&meta),
                 })
             }
         }
@@ -213,8 +265,17 @@ pub fn reencrypt(
         for j in &listing.journals {
             report.recovered += recover_journal(j, keys)?;
         }
+        // Temporary files of an interrupted run. Ours go (no other run holds these roots);
+        // others only when old: a young one may belong to a live `aegis encrypt` into the tree.
+        let stale = std::time::SystemTime::now() - STALE_TEMP_AGE;
         for t in &listing.temps {
-            if fs::remove_file(t).is_ok() {
+            let ours = t
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(OWN_TEMP_PREFIX));
+            let old = fs::symlink_metadata(t)
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m < stale);
+            if (ours || old) && fs::remove_file(t).is_ok() {
                 report.temp_removed += 1;
             }
         }
@@ -230,14 +291,18 @@ pub fn reencrypt(
                     report.rewrapped += 1;
                     batch.push((path.clone(), old, new));
                 }
-                Ok(Class::V1 { plaintext, from: _ }) => {
+                Ok(Class::V1 {
+                    plaintext,
+                    from: _,
+                    seen,
+                }) => {
                     if opts.migrate_v1 {
                         report.migrated_v1 += 1;
                     } else {
                         report.reencrypted_v1 += 1;
                     }
                     if !opts.dry_run
-                        && let Err(e) = rewrite_v1(path, keys, &plaintext, opts.migrate_v1)
+                        && let Err(e) = rewrite_v1(path, keys, &plaintext, opts.migrate_v1, seen)
                     {
                         report.failed.push((path.clone(), e.to_string()));
                     }
@@ -248,15 +313,19 @@ pub fn reencrypt(
             }
         }
         if !opts.dry_run && !batch.is_empty() {
-            rewrap_batch(dir, &batch)?;
+            for (path, why) in rewrap_batch(dir, &batch)? {
+                report.rewrapped -= 1;
+                report.failed.push((path, why));
+            }
         }
     }
     Ok(report)
 }
 
-/// One `aegis reencrypt` per directory tree at a time: an exclusive `flock` on each root
-/// directory (no lock file is left behind), released when the run ends.
-fn lock_roots(roots: &[PathBuf]) -> Result<Vec<File>> {
+/// One `aegis reencrypt` (or `aegis key retire` scan) per directory tree at a time: an
+/// exclusive `flock` on each root directory (no lock file is left behind), released when the
+/// returned handles are dropped.
+pub fn lock_roots(roots: &[PathBuf]) -> Result<Vec<File>> {
     let mut held = Vec::new();
     for root in roots.iter().filter(|r| r.is_dir()) {
         let d = File::open(root).ctx(|| format!("opening {}", root.display()))?;
@@ -264,7 +333,7 @@ fn lock_roots(roots: &[PathBuf]) -> Result<Vec<File>> {
             Ok(()) => held.push(d),
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(Error::Keyset(format!(
-                    "another `aegis reencrypt` is working on {}; wait for it (or rerun it if it died: the lock goes with the process)",
+                    "another `aegis reencrypt` (or key retire) is working on {}; wait for it (the lock goes with the process)",
                     root.display()
                 )));
             }
@@ -276,9 +345,21 @@ fn lock_roots(roots: &[PathBuf]) -> Result<Vec<File>> {
     Ok(held)
 }
 
-fn rewrite_v1(path: &Path, keys: &Keyset, plaintext: &[u8], migrate: bool) -> Result<()> {
-    let meta = fs::metadata(path).ctx(|| format!("reading {}", path.display()))?;
-    let mut out = AtomicFile::create(path)?;
+fn rewrite_v1(
+    path: &Path,
+    keys: &Keyset,
+    plaintext: &[u8],
+    migrate: bool,
+    seen: Identity,
+) -> Result<()> {
+    let meta = fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?;
+    if identity(&meta) != seen {
+        return Err(Error::Keyset(format!(
+            "{} changed during the run; left as it is (rerun to process it)",
+            path.display()
+        )));
+    }
+    let mut out = AtomicFile::create_with_prefix(path, OWN_TEMP_PREFIX)?;
     out.set_mode(fsutil::mode_of(&meta))?;
     let sealed = if migrate {
         v2::seal(keys.primary(), plaintext, v2::Options::default())?
@@ -288,6 +369,14 @@ fn rewrite_v1(path: &Path, keys: &Keyset, plaintext: &[u8], migrate: bool) -> Re
     out.file()
         .write_all(&sealed)
         .ctx(|| format!("writing {}", path.display()))?;
+    // Last look before the rename: a file replaced while we encrypted is not overwritten.
+    let now = fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?;
+    if identity(&now) != seen {
+        return Err(Error::Keyset(format!(
+            "{} changed during the run; left as it is (rerun to process it)",
+            path.display()
+        )));
+    }
     out.commit(true)
 }
 
@@ -307,11 +396,26 @@ fn journal_bytes(batch: &[(PathBuf, [u8; v2::HEADER_LEN], [u8; v2::HEADER_LEN])]
 }
 
 fn write_header(path: &Path, header: &[u8]) -> Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .ctx(|| format!("opening {} for the header rewrite", path.display()))?;
+    let mut f = open_nofollow(path, true)?;
     f.write_all(header)
+        .ctx(|| format!("rewriting the header of {}", path.display()))
+}
+
+/// Rewrite one header if the file still starts with the header we classified: read and write
+/// through one descriptor opened without following links.
+fn swap_header(path: &Path, old: &[u8; v2::HEADER_LEN], new: &[u8; v2::HEADER_LEN]) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = open_nofollow(path, true)?;
+    let mut cur = [0u8; v2::HEADER_LEN];
+    let n = fsutil::read_full(&mut f, &mut cur).ctx(|| format!("reading {}", path.display()))?;
+    if n != v2::HEADER_LEN || cur != *old {
+        return Err(Error::Keyset(format!(
+            "{} changed during the run; left as it is (rerun to process it)",
+            path.display()
+        )));
+    }
+    f.seek(SeekFrom::Start(0))
+        .and_then(|_| f.write_all(new))
         .ctx(|| format!("rewriting the header of {}", path.display()))
 }
 
@@ -322,22 +426,27 @@ fn sync_fs_of(dir: &Path) -> Result<()> {
     rustix::fs::syncfs(&d).map_err(|e| Error::io(format!("syncing {}", dir.display()), e.into()))
 }
 
+/// Rewrap a directory's batch under its journal; per-file failures are returned, not fatal.
 fn rewrap_batch(
     dir: &Path,
     batch: &[(PathBuf, [u8; v2::HEADER_LEN], [u8; v2::HEADER_LEN])],
-) -> Result<()> {
+) -> Result<Vec<(PathBuf, String)>> {
     let journal = dir.join(JOURNAL_NAME);
-    let mut j = AtomicFile::create(&journal)?;
+    let mut j = AtomicFile::create_with_prefix(&journal, OWN_TEMP_PREFIX)?;
     j.file()
         .write_all(&journal_bytes(batch))
         .ctx(|| format!("writing {}", journal.display()))?;
     j.commit(true)?;
-    for (path, _, new) in batch {
-        write_header(path, new)?;
+    let mut failed = Vec::new();
+    for (path, old, new) in batch {
+        if let Err(e) = swap_header(path, old, new) {
+            failed.push((path.clone(), e.to_string()));
+        }
     }
     sync_fs_of(dir)?;
     fs::remove_file(&journal).ctx(|| format!("removing {}", journal.display()))?;
-    fsutil::sync_dir(dir)
+    fsutil::sync_dir(dir)?;
+    Ok(failed)
 }
 
 /// Repair the files named in a rewrap journal left by an interrupted run; returns how many
@@ -372,13 +481,19 @@ pub fn recover_journal(journal: &Path, keys: &Keyset) -> Result<usize> {
         }
         let path = dir.join(name);
         let mut cur = [0u8; v2::HEADER_LEN];
-        let Ok(mut f) = File::open(&path) else {
+        let Ok(mut f) = open_nofollow(&path, false) else {
             continue; // deleted since: nothing to repair
         };
         if f.read_exact(&mut cur).is_err() {
             continue;
         }
         if cur == *new || cur == *old {
+            continue;
+        }
+        // A torn header still has the magic, chunk size and nonce prefix of this file (they
+        // are the same in both headers); anything else is a file replaced since: not ours.
+        let same_file = cur.get(..9) == old.get(..9) && cur.get(20..27) == old.get(20..27);
+        if !same_file {
             continue;
         }
         // Torn header: restore one that authenticates with the keyset, preferring the new one.
@@ -503,6 +618,76 @@ mod tests {
     }
 
     #[test]
+    fn a_header_swap_never_writes_over_a_replaced_file_or_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keys = Keyset::generate().unwrap();
+        let a = v2_file(dir.path(), "a", &keys, b"alpha");
+        keys.rotate().unwrap();
+        let old: [u8; v2::HEADER_LEN] = fs::read(&a).unwrap()[..v2::HEADER_LEN].try_into().unwrap();
+        let new = v2::Header::parse(&old)
+            .unwrap()
+            .rewrap(&keys, keys.primary())
+            .unwrap()
+            .to_bytes();
+        // The file was replaced after it was classified: left alone.
+        let replaced = v2_file(dir.path(), "a", &keys, b"newer content");
+        let before = fs::read(&replaced).unwrap();
+        assert!(swap_header(&a, &old, &new).is_err());
+        assert_eq!(fs::read(&a).unwrap(), before);
+        // A file swapped for a symbolic link: the write does not follow it.
+        #[cfg(unix)]
+        {
+            let target = dir.path().join("target");
+            fs::write(&target, old).unwrap();
+            let link = dir.path().join("link");
+            std::os::unix::fs::symlink(&target, &link).unwrap();
+            assert!(swap_header(&link, &old, &new).is_err());
+            assert_eq!(fs::read(&target).unwrap(), old);
+        }
+        // Unchanged: swapped.
+        let b = v2_file(dir.path(), "b", &keys, b"beta");
+        let old_b: [u8; v2::HEADER_LEN] =
+            fs::read(&b).unwrap()[..v2::HEADER_LEN].try_into().unwrap();
+        let mut ks2 = keys.clone();
+        ks2.rotate().unwrap();
+        let new_b = v2::Header::parse(&old_b)
+            .unwrap()
+            .rewrap(&ks2, ks2.primary())
+            .unwrap()
+            .to_bytes();
+        swap_header(&b, &old_b, &new_b).unwrap();
+        assert_eq!(crate::open(&ks2, &fs::read(&b).unwrap()).unwrap(), b"beta");
+    }
+
+    #[test]
+    fn journal_recovery_leaves_a_replaced_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keys = Keyset::generate().unwrap();
+        let a = v2_file(dir.path(), "a", &keys, b"alpha");
+        keys.rotate().unwrap();
+        let old: [u8; v2::HEADER_LEN] = fs::read(&a).unwrap()[..v2::HEADER_LEN].try_into().unwrap();
+        let new = v2::Header::parse(&old)
+            .unwrap()
+            .rewrap(&keys, keys.primary())
+            .unwrap()
+            .to_bytes();
+        fs::write(
+            dir.path().join(JOURNAL_NAME),
+            journal_bytes(&[(a.clone(), old, new)]),
+        )
+        .unwrap();
+        // After the crash someone wrote a new file under the same name.
+        v2_file(dir.path(), "a", &keys, b"replacement");
+        let before = fs::read(&a).unwrap();
+        assert_eq!(
+            recover_journal(&dir.path().join(JOURNAL_NAME), &keys).unwrap(),
+            0
+        );
+        assert_eq!(fs::read(&a).unwrap(), before);
+        assert_eq!(crate::open(&keys, &before).unwrap(), b"replacement");
+    }
+
+    #[test]
     fn journal_with_a_path_escape_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let keys = Keyset::generate().unwrap();
@@ -528,6 +713,15 @@ mod tests {
         let keys = Keyset::generate().unwrap();
         v2_file(dir.path(), "a", &keys, b"alpha");
         fs::write(dir.path().join(".aegis-tmp-abc"), b"partial").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(dir.path().join(".aegis-tmp-abc"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        // A young temporary file may belong to a live process: it stays.
+        fs::write(dir.path().join(".aegis-tmp-live"), b"in use").unwrap();
         let report = reencrypt(
             &keys,
             &[dir.path().to_path_buf()],
@@ -540,5 +734,6 @@ mod tests {
             (1, 1, 1)
         );
         assert!(!dir.path().join(".aegis-tmp-abc").exists());
+        assert!(dir.path().join(".aegis-tmp-live").exists());
     }
 }

@@ -108,6 +108,8 @@ impl std::fmt::Display for Location {
 /// The key store: loads and persists keysets.
 pub struct KeyStore {
     config: StoreConfig,
+    /// This process holds the exclusive keyset lock (so loads may write the document).
+    lock_held: std::cell::Cell<bool>,
 }
 
 /// Result of looking at the keyring.
@@ -246,7 +248,10 @@ fn connect_os_store() -> std::result::Result<Arc<CredentialStore>, String> {
 impl KeyStore {
     /// A store with these settings (no I/O yet).
     pub fn new(config: StoreConfig) -> Self {
-        KeyStore { config }
+        KeyStore {
+            config,
+            lock_held: std::cell::Cell::new(false),
+        }
     }
 
     /// The settings.
@@ -362,13 +367,21 @@ impl KeyStore {
             });
         }
         let mut buf = Zeroizing::new(Vec::new());
-        f.read_to_end(&mut buf)
+        (&mut f)
+            .take(limit + 1)
+            .read_to_end(&mut buf)
             .ctx(|| format!("reading {}", path.display()))?;
-        let text = String::from_utf8(std::mem::take(&mut *buf)).map_err(|_| Error::CorruptKey {
+        if buf.len() as u64 > limit {
+            return Err(Error::CorruptKey {
+                location: path.display().to_string(),
+                reason: "file is far too large to be a key",
+            });
+        }
+        let text = std::str::from_utf8(&buf).map_err(|_| Error::CorruptKey {
             location: path.display().to_string(),
             reason: "not text",
         })?;
-        Ok(Zeroizing::new(text))
+        Ok(Zeroizing::new(text.to_string()))
     }
 
     fn read_key_file(&self, path: &Path) -> Result<SecretKey> {
@@ -450,6 +463,16 @@ impl KeyStore {
     /// A primary key that another program wrote is recorded in the keyset document, so that a
     /// later overwrite of the primary entry cannot lose it. Best effort: a failure is a warning.
     fn remember_adopted(&self, ks: &Keyset, loc: &Location) {
+        let held = self.lock_held.get();
+        let _guard = if held {
+            None
+        } else {
+            match self.try_lock_now() {
+                Some(g) => Some(g),
+                // Another process is changing the keyset; it will record the key itself.
+                None => return,
+            }
+        };
         if let Err(e) = self.write_doc(ks, loc) {
             tracing::warn!("could not record the keyset in {loc}: {e}");
         }
@@ -487,7 +510,7 @@ impl KeyStore {
     /// Create a new keyset with a fresh primary key. Refuses if a key already exists in the
     /// keyring entry or the key file (a corrupt key file counts: it is never overwritten).
     pub fn init(&self) -> Result<(Keyset, Location)> {
-        let _lock = self.lock()?;
+        let _lock = self.lock(LockMode::Exclusive)?;
         let path = self.config.key_file.clone();
         let existing = [path.clone(), self.keyset_file()]
             .into_iter()
@@ -526,11 +549,17 @@ impl KeyStore {
                 service: self.config.service.clone(),
                 user: self.config.user.clone(),
             };
-            match self
-                .write_doc(&ks, &loc)
-                .and_then(|()| self.write_primary(&ks, &loc))
-            {
-                Ok(()) => return Ok((ks, loc)),
+            // Primary entry first: a crash before the document leaves a key that loads (the
+            // document is rebuilt from it), never a document without its primary.
+            match self.write_primary(&ks, &loc) {
+                Ok(()) => {
+                    if let Err(e) = self.write_doc(&ks, &loc) {
+                        tracing::warn!(
+                            "keyset document not written yet ({e}); the next command writes it"
+                        );
+                    }
+                    return Ok((ks, loc));
+                }
                 Err(e) if self.config.backend == Backend::Auto => {
                     tracing::warn!(
                         "could not store the key in the OS keyring ({e}); using key file {}",
@@ -540,14 +569,14 @@ impl KeyStore {
                 Err(e) => return Err(e),
             }
         }
-        // The key file is created 0600 with O_EXCL; the document first, so a crash leaves no
-        // key file without its document.
+        // The key file is created 0600 with O_EXCL, before the document: a crash in between
+        // leaves a key file that loads (the document is rebuilt from it).
+        fsutil::create_private(&path, ks.primary().to_base64().as_bytes())?;
         let doc = Zeroizing::new(
             serde_json::to_string_pretty(&ks.to_stored())
                 .map_err(|_| Error::Malformed("keyset serialization"))?,
         );
         fsutil::create_private(&self.keyset_file(), doc.as_bytes())?;
-        fsutil::create_private(&path, ks.primary().to_base64().as_bytes())?;
         Ok((ks, Location::File(path)))
     }
 
@@ -568,25 +597,94 @@ impl KeyStore {
         self.write_primary(ks, loc)
     }
 
-    /// Load, change and save the keyset while holding the store's lock, so two `aegis`
-    /// processes changing keys at once cannot lose each other's keys.
+    /// Load, change and save the keyset while holding the store's exclusive lock, so two
+    /// `aegis` processes changing keys at once cannot lose each other's keys.
     pub fn update<T>(
         &self,
         f: impl FnOnce(&mut Keyset) -> Result<T>,
     ) -> Result<(T, Keyset, Location)> {
-        let _lock = self.lock()?;
+        let lock = self.lock(LockMode::Exclusive)?;
+        self.update_held(&lock, f)
+    }
+
+    /// [`KeyStore::update`] under an exclusive lock the caller already holds (to keep the
+    /// keyset fixed across a longer check, as `aegis key retire` does).
+    pub fn update_held<T>(
+        &self,
+        lock: &KeysetLock<'_>,
+        f: impl FnOnce(&mut Keyset) -> Result<T>,
+    ) -> Result<(T, Keyset, Location)> {
+        if !lock.exclusive {
+            return Err(Error::Keyset(
+                "changing keys needs the exclusive keyset lock".into(),
+            ));
+        }
         let (mut ks, loc) = self.load()?;
         let t = f(&mut ks)?;
         self.save(&ks, &loc)?;
         Ok((t, ks, loc))
     }
 
-    /// The advisory lock that serializes keyset changes: `flock` on `KEY_FILE.lock` (created
-    /// 0600 next to the key file, for either backend). Waits up to 10 s for another holder.
-    fn lock(&self) -> Result<Option<File>> {
-        let mut p = self.config.key_file.clone().into_os_string();
-        p.push(".lock");
-        let path = PathBuf::from(p);
+    /// Where the keyset lock lives: next to the key file for the file backend (whose
+    /// directory must be writable anyway); for the keyring, in the per-user runtime directory
+    /// (`$XDG_RUNTIME_DIR/aegis/`), else in the temporary directory under the user's id.
+    fn lock_path(&self) -> PathBuf {
+        let keyring_name = || {
+            let clean = |s: &str| {
+                s.chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect::<String>()
+            };
+            format!(
+                "{}-{}.lock",
+                clean(&self.config.service),
+                clean(&self.config.user)
+            )
+        };
+        let file_lock = || {
+            let mut p = self.config.key_file.clone().into_os_string();
+            p.push(".lock");
+            PathBuf::from(p)
+        };
+        if self.config.backend == Backend::File || self.config.key_file.exists() {
+            return file_lock();
+        }
+        match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+            Some(dir) => PathBuf::from(dir).join("aegis").join(keyring_name()),
+            None => {
+                #[cfg(unix)]
+                let uid = rustix::process::getuid().as_raw();
+                #[cfg(not(unix))]
+                let uid = 0;
+                std::env::temp_dir()
+                    .join(format!("aegis-{uid}"))
+                    .join(keyring_name())
+            }
+        }
+    }
+
+    fn open_lock_file(&self) -> Result<(File, PathBuf)> {
+        let path = self.lock_path();
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        {
+            let mut b = fs::DirBuilder::new();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                b.mode(0o700);
+            }
+            b.recursive(true)
+                .create(dir)
+                .ctx(|| format!("creating {}", dir.display()))?;
+        }
         let mut opts = fs::OpenOptions::new();
         opts.write(true).create(true).truncate(false);
         #[cfg(unix)]
@@ -594,24 +692,43 @@ impl KeyStore {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let f = match opts.open(&path) {
-            Ok(f) => f,
-            Err(e) => {
-                // A read-only directory: nothing else can write the key file there either.
-                tracing::debug!("no keyset lock ({}: {e})", path.display());
-                return Ok(None);
+        let f = opts
+            .open(&path)
+            .ctx(|| format!("opening the keyset lock {}", path.display()))?;
+        Ok((f, path))
+    }
+
+    /// Take the keyset lock (`flock`): exclusive to change keys, shared for long work that
+    /// relies on the keyset staying as it is (`aegis reencrypt`). Waits up to 10 s.
+    pub fn lock(&self, mode: LockMode) -> Result<KeysetLock<'_>> {
+        let (f, path) = match self.open_lock_file() {
+            Ok(x) => x,
+            // Reading under a key directory we cannot write to: nobody who shares our access
+            // can change the keys there either, so a shared lock is not needed.
+            Err(e) if mode == LockMode::Shared => {
+                tracing::debug!("no shared keyset lock: {e}");
+                return Ok(KeysetLock {
+                    _file: None,
+                    store: self,
+                    exclusive: false,
+                });
             }
+            Err(e) => return Err(e),
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match f.try_lock() {
-                Ok(()) => return Ok(Some(f)),
+            let r = match mode {
+                LockMode::Exclusive => f.try_lock(),
+                LockMode::Shared => f.try_lock_shared(),
+            };
+            match r {
+                Ok(()) => break,
                 Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 Err(std::fs::TryLockError::WouldBlock) => {
                     return Err(Error::Keyset(format!(
-                        "another aegis process is changing the keyset (lock {} held for 10 s)",
+                        "the keyset is in use by another aegis process (a key change or a reencrypt; lock {}); try again when it ends",
                         path.display()
                     )));
                 }
@@ -620,9 +737,29 @@ impl KeyStore {
                 }
             }
         }
+        if mode == LockMode::Exclusive {
+            self.remove_stale_temps();
+            self.lock_held.set(true);
+        }
+        Ok(KeysetLock {
+            _file: Some(f),
+            store: self,
+            exclusive: mode == LockMode::Exclusive,
+        })
     }
 
-    /// When the keyset was last changed (for status output).
+    fn try_lock_now(&self) -> Option<KeysetLock<'_>> {
+        let (f, _) = self.open_lock_file().ok()?;
+        f.try_lock().ok()?;
+        self.lock_held.set(true);
+        Some(KeysetLock {
+            _file: Some(f),
+            store: self,
+            exclusive: true,
+        })
+    }
+
+    /// A creation/change time for status output: ISO 8601 UTC and the age.
     pub fn describe_time(secs: Option<u64>) -> String {
         match secs {
             None => "unknown".to_string(),
@@ -630,6 +767,52 @@ impl KeyStore {
                 let age = now_secs().saturating_sub(s);
                 format!("{} ({} ago)", utc_iso8601(s), human_age(age))
             }
+        }
+    }
+
+    /// Under the exclusive lock, temporary copies of the key file or keyset document left by
+    /// a killed process are ours to remove (they hold key material).
+    fn remove_stale_temps(&self) {
+        let kf = &self.config.key_file;
+        let dir = match kf.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let Some(name) = kf.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            return;
+        };
+        let prefix = format!("{}{name}", fsutil::TEMP_PREFIX);
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// How [`KeyStore::lock`] locks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockMode {
+    /// Changing keys.
+    Exclusive,
+    /// Working under the keyset as it is (many at once).
+    Shared,
+}
+
+/// A held keyset lock; released when dropped.
+pub struct KeysetLock<'a> {
+    _file: Option<File>,
+    store: &'a KeyStore,
+    exclusive: bool,
+}
+
+impl Drop for KeysetLock<'_> {
+    fn drop(&mut self) {
+        if self.exclusive {
+            self.store.lock_held.set(false);
         }
     }
 }

@@ -19,8 +19,11 @@ pub const TAG_LEN: usize = TAG;
 /// Smallest possible v1 blob (empty plaintext).
 pub const OVERHEAD: usize = NONCE + TAG;
 
-/// Largest plaintext a v1 blob may carry here: GCM's own limit, 2^36 − 32 bytes.
-pub const MAX_PLAINTEXT: u64 = (1 << 36) - 32;
+/// Largest plaintext of a v1 blob: 2^31 − 1 bytes, what Python `cryptography`'s `AESGCM` can
+/// encrypt and decrypt (v1 exists for files the Python system must read; v2 has no limit).
+pub const MAX_PLAINTEXT: u64 = (1 << 31) - 1;
+/// Largest v1 blob.
+pub const MAX_BLOB: u64 = MAX_PLAINTEXT + OVERHEAD as u64;
 
 /// Seal `plaintext` into a new v1 blob.
 pub fn seal(key: &SecretKey, plaintext: &[u8]) -> Result<Vec<u8>> {
@@ -38,7 +41,9 @@ pub fn seal_in_place(key: &SecretKey, buf: &mut Vec<u8>) -> Result<()> {
         return Err(Error::Malformed("seal_in_place needs NONCE bytes of room"));
     }
     if (buf.len() - NONCE) as u64 > MAX_PLAINTEXT {
-        return Err(Error::TooLarge("v1 blobs carry at most 64 GiB"));
+        return Err(Error::TooLarge(
+            "v1 blobs carry less than 2 GiB (the Python system's limit); use v2",
+        ));
     }
     let mut nonce = [0u8; NONCE];
     fill_random(&mut nonce)?;

@@ -519,6 +519,8 @@ pub struct Encryptor<W: Write> {
     buf: Vec<u8>,
     /// Plaintext bytes staged (slot-major).
     staged: usize,
+    /// A seal or write failed: the stream is broken and refuses further use.
+    failed: bool,
 }
 
 impl<W: Write> Encryptor<W> {
@@ -537,6 +539,7 @@ impl<W: Write> Encryptor<W> {
             counter: 0,
             buf: vec![0u8; slots_for(chunk) * (chunk + TAG)],
             staged: 0,
+            failed: false,
         })
     }
 
@@ -591,6 +594,13 @@ impl<W: Write> Encryptor<W> {
     }
 
     fn seal_staged(&mut self, last: bool) -> Result<()> {
+        if self.failed {
+            return Err(Error::Malformed(
+                "the stream failed earlier and cannot continue",
+            ));
+        }
+        // Whatever fails below leaves chunks sealed in place or half written: poison first.
+        self.failed = true;
         let mut cc = ChunkCipher::new(&self.keys, self.prefix, self.chunk_log2, self.parallel);
         cc.counter = self.counter;
         let n = cc.seal(&mut self.buf, self.staged, last)?;
@@ -603,6 +613,7 @@ impl<W: Write> Encryptor<W> {
             .write_all(bytes)
             .map_err(|e| Error::io("writing encrypted data", e))?;
         self.staged = 0;
+        self.failed = false;
         Ok(())
     }
 
@@ -670,7 +681,9 @@ pub struct Decryptor<R: Read> {
     keys: FileKeys,
     parallel: bool,
     counter: u32,
-    /// `slots` sealed chunks plus one look-ahead byte.
+    /// `slots` sealed chunks plus one look-ahead byte. Bulk buffers are not zeroized: they
+    /// hold the plaintext this reader hands out anyway, and wiping megabytes per stream costs
+    /// more than it protects (keys, by contrast, are always zeroized).
     buf: Vec<u8>,
     /// Ciphertext bytes buffered (including a carried look-ahead byte).
     filled: usize,
@@ -855,6 +868,9 @@ const PIPE_BUFFERS: usize = 4;
 /// we compute and the final fsync has little left to do.
 const SYNC_EVERY: usize = 64 << 20;
 
+/// A pipeline batch buffer (not zeroized: see [`Decryptor`]'s buffer).
+type Buf = Vec<u8>;
+
 /// Where a pipeline writes: any writer, plus optionally a handle on the output file to sync in
 /// the background.
 pub struct Sink<W> {
@@ -887,14 +903,14 @@ where
 {
     use std::sync::mpsc::sync_channel;
     std::thread::scope(|s| {
-        let (free_tx, free_rx) = sync_channel::<Vec<u8>>(PIPE_BUFFERS);
+        let (free_tx, free_rx) = sync_channel::<Buf>(PIPE_BUFFERS);
         for _ in 0..PIPE_BUFFERS {
             free_tx
                 .send(vec![0u8; buf_len])
                 .map_err(|_| Error::Malformed("pipeline"))?;
         }
-        let (filled_tx, filled_rx) = sync_channel::<io::Result<(Vec<u8>, usize)>>(PIPE_BUFFERS);
-        let (done_tx, done_rx) = sync_channel::<(Vec<u8>, T)>(PIPE_BUFFERS);
+        let (filled_tx, filled_rx) = sync_channel::<io::Result<(Buf, usize)>>(PIPE_BUFFERS);
+        let (done_tx, done_rx) = sync_channel::<(Buf, T)>(PIPE_BUFFERS);
 
         s.spawn(move || {
             while let Ok(mut buf) = free_rx.recv() {
@@ -931,8 +947,8 @@ where
         });
 
         let mut run = || -> Result<()> {
-            let mut pending: Option<Vec<u8>> = None;
-            let mut send = |mut buf: Vec<u8>, len: usize, last: bool| -> Result<()> {
+            let mut pending: Option<Buf> = None;
+            let mut send = |mut buf: Buf, len: usize, last: bool| -> Result<()> {
                 let t = transform(&mut buf, len, last)?;
                 done_tx
                     .send((buf, t))
