@@ -1315,3 +1315,33 @@ fn one_reencrypt_per_tree_at_a_time() {
     a.ok(["reencrypt", s(&dir)]);
     assert_eq!(a.key_of(&dir.join("f.enc")), a.primary_id());
 }
+
+#[test]
+fn a_decryption_killed_midway_leaves_no_plaintext_behind() {
+    // The ciphertext arrives on stdin; after half of it (several authenticated batches already
+    // decrypted into the output's temporary file) the process is killed. Nothing may remain in
+    // the directory: the temporary file is unnamed until the commit.
+    use std::io::Write as _;
+    let (sb, a) = initialized();
+    let dir = sb.mkdir("out");
+    let pt = common::Rng::new(11).bytes(24 << 20);
+    let enc = sb.join("big.enc");
+    encrypt_bytes(&a, &pt, &enc, "v2");
+    let blob = read(&enc);
+    let mut cmd = a.command(["decrypt", "-", "-o", s(&dir.join("plain"))]);
+    cmd.stdin(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&blob[..blob.len() / 2]).unwrap();
+    stdin.flush().unwrap();
+    // Give it time to decrypt and write what it has.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().unwrap();
+    let _ = child.wait();
+    drop(stdin);
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+}

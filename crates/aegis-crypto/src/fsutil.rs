@@ -1,8 +1,8 @@
 //! File-system helpers: atomic replacement, private (0600) files, permission checks.
 //!
 //! Every file AEGIS writes appears whole or not at all: data goes to a temporary file in the
-//! destination's directory (named `.aegis-tmp-*`), which is fsynced and then renamed over the
-//! destination; the directory is fsynced after the rename.
+//! destination's directory (unnamed on Linux, else `.aegis-tmp-*`), which is fsynced and then
+//! put in place of the destination; the directory is fsynced after.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -15,9 +15,25 @@ pub const TEMP_PREFIX: &str = ".aegis-tmp-";
 
 /// A file being written that replaces `dest` only on [`AtomicFile::commit`]. Dropped without a
 /// commit, it leaves no trace.
+///
+/// On Linux the file is created without a name (`O_TMPFILE`) and linked into the directory
+/// only at the commit, so even a process killed mid-write leaves nothing behind — no partial
+/// plaintext of a decryption in particular. Where the file system does not support that, a
+/// named `.aegis-tmp-*` file is used (and scans skip or clean such files).
 pub struct AtomicFile {
-    tmp: tempfile::NamedTempFile,
+    tmp: Tmp,
     dest: PathBuf,
+    prefix: String,
+}
+
+enum Tmp {
+    /// An unnamed file and its directory (Linux `O_TMPFILE`).
+    #[cfg(target_os = "linux")]
+    Anonymous {
+        file: File,
+        dir: File,
+    },
+    Named(tempfile::NamedTempFile),
 }
 
 fn parent_of(path: &Path) -> &Path {
@@ -33,71 +49,147 @@ impl AtomicFile {
         Self::create_with_prefix(dest, TEMP_PREFIX)
     }
 
-    /// [`AtomicFile::create`] with a temporary name starting with `prefix` (which should
-    /// itself start with [`TEMP_PREFIX`], so scans skip it).
+    /// [`AtomicFile::create`] with a temporary name (where one is needed) starting with
+    /// `prefix`, which should itself start with [`TEMP_PREFIX`] so scans skip it.
     pub fn create_with_prefix(dest: &Path, prefix: &str) -> Result<Self> {
         let dir = parent_of(dest);
+        #[cfg(target_os = "linux")]
+        if let Some(tmp) = anonymous_in(dir) {
+            return Ok(AtomicFile {
+                tmp,
+                dest: dest.to_path_buf(),
+                prefix: prefix.to_string(),
+            });
+        }
         let tmp = tempfile::Builder::new()
             .prefix(prefix)
             .tempfile_in(dir)
             .ctx(|| format!("creating a temporary file in {}", dir.display()))?;
         Ok(AtomicFile {
-            tmp,
+            tmp: Tmp::Named(tmp),
             dest: dest.to_path_buf(),
+            prefix: prefix.to_string(),
         })
     }
 
     /// The open temporary file.
     pub fn file(&mut self) -> &mut File {
-        self.tmp.as_file_mut()
+        match &mut self.tmp {
+            #[cfg(target_os = "linux")]
+            Tmp::Anonymous { file, .. } => file,
+            Tmp::Named(t) => t.as_file_mut(),
+        }
     }
 
     /// Give the file `mode` (Unix permission bits) before it is committed.
-    pub fn set_mode(&self, mode: u32) -> Result<()> {
+    pub fn set_mode(&mut self, mode: u32) -> Result<()> {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            self.tmp
-                .as_file()
+            let dest = self.dest.display().to_string();
+            self.file()
                 .set_permissions(fs::Permissions::from_mode(mode))
-                .ctx(|| format!("setting permissions of {}", self.tmp.path().display()))?;
+                .ctx(|| format!("setting permissions for {dest}"))?;
         }
         #[cfg(not(unix))]
         let _ = mode;
         Ok(())
     }
 
-    /// fsync, rename over the destination (or fail if it exists and `overwrite` is false), fsync
-    /// the directory.
+    /// fsync, put the file in place of the destination (or fail if it exists and `overwrite`
+    /// is false), fsync the directory.
     pub fn commit(mut self, overwrite: bool) -> Result<()> {
-        self.tmp
-            .as_file_mut()
-            .flush()
-            .ctx(|| format!("writing {}", self.dest.display()))?;
-        self.tmp
-            .as_file()
-            .sync_all()
-            .ctx(|| format!("syncing {}", self.dest.display()))?;
         let dest = self.dest.clone();
-        let res = if overwrite {
-            self.tmp.persist(&dest).map(|_| ())
-        } else {
-            self.tmp.persist_noclobber(&dest).map(|_| ())
-        };
-        res.map_err(|e| {
-            let kind = e.error.kind();
-            let msg = if kind == std::io::ErrorKind::AlreadyExists {
-                format!(
-                    "{} already exists (use --force to replace it)",
-                    dest.display()
-                )
-            } else {
-                format!("renaming into {}", dest.display())
-            };
-            Error::io(msg, e.error)
-        })?;
+        let file = self.file();
+        file.flush().ctx(|| format!("writing {}", dest.display()))?;
+        file.sync_all()
+            .ctx(|| format!("syncing {}", dest.display()))?;
+        match self.tmp {
+            #[cfg(target_os = "linux")]
+            Tmp::Anonymous { file, dir } => {
+                link_anonymous(&file, &dir, &dest, &self.prefix, overwrite)?
+            }
+            Tmp::Named(tmp) => {
+                let res = if overwrite {
+                    tmp.persist(&dest).map(|_| ())
+                } else {
+                    tmp.persist_noclobber(&dest).map(|_| ())
+                };
+                res.map_err(|e| {
+                    if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                        Error::Exists(dest.clone())
+                    } else {
+                        Error::io(format!("renaming into {}", dest.display()), e.error)
+                    }
+                })?;
+            }
+        }
         sync_dir(parent_of(&dest))
     }
+}
+
+/// An unnamed 0600 file in `dir`, or `None` where `O_TMPFILE` is not available.
+#[cfg(target_os = "linux")]
+fn anonymous_in(dir: &Path) -> Option<Tmp> {
+    use rustix::fs::{Mode, OFlags};
+    let d = File::open(dir).ok()?;
+    let fd = rustix::fs::openat(
+        &d,
+        ".",
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .ok()?;
+    Some(Tmp::Anonymous {
+        file: File::from(fd),
+        dir: d,
+    })
+}
+
+/// Give the unnamed file its name: `linkat` through `/proc/self/fd` (no privilege needed). To
+/// replace an existing file, link under a fresh temporary name and rename that over it.
+#[cfg(target_os = "linux")]
+fn link_anonymous(
+    file: &File,
+    dir: &File,
+    dest: &Path,
+    prefix: &str,
+    overwrite: bool,
+) -> Result<()> {
+    use rustix::fs::{AtFlags, CWD};
+    use std::os::fd::AsRawFd;
+    let proc = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let name = dest.file_name().ok_or_else(|| {
+        Error::io(
+            format!("{} names no file", dest.display()),
+            std::io::ErrorKind::InvalidInput.into(),
+        )
+    })?;
+    let link = |to: &std::ffi::OsStr| {
+        rustix::fs::linkat(CWD, proc.as_str(), dir, to, AtFlags::SYMLINK_FOLLOW)
+    };
+    if !overwrite {
+        return link(name).map_err(|e| {
+            if e == rustix::io::Errno::EXIST {
+                Error::Exists(dest.to_path_buf())
+            } else {
+                Error::io(format!("creating {}", dest.display()), e.into())
+            }
+        });
+    }
+    let mut suffix = [0u8; 8];
+    crate::key::fill_random(&mut suffix)?;
+    let tmp_name = std::ffi::OsString::from(format!("{prefix}{}", hex::encode(suffix)));
+    link(&tmp_name).map_err(|e| {
+        Error::io(
+            format!("creating a file next to {}", dest.display()),
+            e.into(),
+        )
+    })?;
+    rustix::fs::renameat(dir, &tmp_name, dir, name).map_err(|e| {
+        let _ = rustix::fs::unlinkat(dir, &tmp_name, AtFlags::empty());
+        Error::io(format!("renaming into {}", dest.display()), e.into())
+    })
 }
 
 /// fsync a directory so a rename in it is durable.
