@@ -549,6 +549,21 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
+    type H = [u8; v2::HEADER_LEN];
+
+    /// The header `path` has now, and the one a rewrap to `keys`'s primary gives it.
+    fn headers(path: &Path, keys: &Keyset) -> (H, H) {
+        let old: H = fs::read(path).unwrap()[..v2::HEADER_LEN]
+            .try_into()
+            .unwrap();
+        let new = v2::Header::parse(&old)
+            .unwrap()
+            .rewrap(keys, keys.primary())
+            .unwrap()
+            .to_bytes();
+        (old, new)
+    }
+
     fn v2_file(dir: &Path, name: &str, keys: &Keyset, pt: &[u8]) -> PathBuf {
         let p = dir.join(name);
         fs::write(
@@ -566,20 +581,8 @@ mod tests {
         let a = v2_file(dir.path(), "a", &keys, b"alpha");
         let b = v2_file(dir.path(), "b", &keys, b"beta");
         keys.rotate().unwrap();
-        let old_a: [u8; v2::HEADER_LEN] =
-            fs::read(&a).unwrap()[..v2::HEADER_LEN].try_into().unwrap();
-        let old_b: [u8; v2::HEADER_LEN] =
-            fs::read(&b).unwrap()[..v2::HEADER_LEN].try_into().unwrap();
-        let new_a = v2::Header::parse(&old_a)
-            .unwrap()
-            .rewrap(&keys, keys.primary())
-            .unwrap()
-            .to_bytes();
-        let new_b = v2::Header::parse(&old_b)
-            .unwrap()
-            .rewrap(&keys, keys.primary())
-            .unwrap()
-            .to_bytes();
+        let (old_a, new_a) = headers(&a, &keys);
+        let (old_b, new_b) = headers(&b, &keys);
         // A power cut in the middle of the batch: the journal is there, `a` has a torn header
         // (half new, half old), `b` was not written yet.
         let batch = vec![(a.clone(), old_a, new_a), (b.clone(), old_b, new_b)];
@@ -623,12 +626,7 @@ mod tests {
         let mut keys = Keyset::generate().unwrap();
         let a = v2_file(dir.path(), "a", &keys, b"alpha");
         keys.rotate().unwrap();
-        let old: [u8; v2::HEADER_LEN] = fs::read(&a).unwrap()[..v2::HEADER_LEN].try_into().unwrap();
-        let new = v2::Header::parse(&old)
-            .unwrap()
-            .rewrap(&keys, keys.primary())
-            .unwrap()
-            .to_bytes();
+        let (old, new) = headers(&a, &keys);
         // The file was replaced after it was classified: left alone.
         let replaced = v2_file(dir.path(), "a", &keys, b"newer content");
         let before = fs::read(&replaced).unwrap();
@@ -646,15 +644,9 @@ mod tests {
         }
         // Unchanged: swapped.
         let b = v2_file(dir.path(), "b", &keys, b"beta");
-        let old_b: [u8; v2::HEADER_LEN] =
-            fs::read(&b).unwrap()[..v2::HEADER_LEN].try_into().unwrap();
         let mut ks2 = keys.clone();
         ks2.rotate().unwrap();
-        let new_b = v2::Header::parse(&old_b)
-            .unwrap()
-            .rewrap(&ks2, ks2.primary())
-            .unwrap()
-            .to_bytes();
+        let (old_b, new_b) = headers(&b, &ks2);
         swap_header(&b, &old_b, &new_b).unwrap();
         assert_eq!(crate::open(&ks2, &fs::read(&b).unwrap()).unwrap(), b"beta");
     }
@@ -665,12 +657,7 @@ mod tests {
         let mut keys = Keyset::generate().unwrap();
         let a = v2_file(dir.path(), "a", &keys, b"alpha");
         keys.rotate().unwrap();
-        let old: [u8; v2::HEADER_LEN] = fs::read(&a).unwrap()[..v2::HEADER_LEN].try_into().unwrap();
-        let new = v2::Header::parse(&old)
-            .unwrap()
-            .rewrap(&keys, keys.primary())
-            .unwrap()
-            .to_bytes();
+        let (old, new) = headers(&a, &keys);
         fs::write(
             dir.path().join(JOURNAL_NAME),
             journal_bytes(&[(a.clone(), old, new)]),
