@@ -10,22 +10,14 @@
 
 use std::path::PathBuf;
 
-use aegis_crypto::{SecretKey, v1, v2};
+use aegis_crypto::{v1, v2};
+
+#[path = "../tests/support/vectors.rs"]
+mod support;
+use support::{pattern, test_key};
 
 fn vector_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
-}
-
-fn test_key() -> SecretKey {
-    let mut k = [0u8; 32];
-    for (i, b) in k.iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    SecretKey::from_bytes(k)
-}
-
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8).collect()
 }
 
 /// Writes the vectors. They are frozen: this only ever ran once, to create them; it is kept to

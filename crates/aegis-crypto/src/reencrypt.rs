@@ -564,6 +564,16 @@ mod tests {
         (old, new)
     }
 
+    fn run_on(dir: &Path, keys: &Keyset) -> Report {
+        reencrypt(
+            keys,
+            &[dir.to_path_buf()],
+            &Options::default(),
+            &mut |_, _| {},
+        )
+        .unwrap()
+    }
+
     fn v2_file(dir: &Path, name: &str, keys: &Keyset, pt: &[u8]) -> PathBuf {
         let p = dir.join(name);
         fs::write(
@@ -599,13 +609,7 @@ mod tests {
             "scan reports the unfinished journal"
         );
 
-        let report = reencrypt(
-            &keys,
-            &[dir.path().to_path_buf()],
-            &Options::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+        let report = run_on(dir.path(), &keys);
         assert_eq!(report.recovered, 1);
         assert!(!dir.path().join(JOURNAL_NAME).exists());
         assert_eq!(
@@ -709,13 +713,7 @@ mod tests {
             .unwrap();
         // A young temporary file may belong to a live process: it stays.
         fs::write(dir.path().join(".aegis-tmp-live"), b"in use").unwrap();
-        let report = reencrypt(
-            &keys,
-            &[dir.path().to_path_buf()],
-            &Options::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+        let report = run_on(dir.path(), &keys);
         assert_eq!(
             (report.scanned, report.current, report.temp_removed),
             (1, 1, 1)

@@ -12,22 +12,12 @@ use std::path::PathBuf;
 
 use aegis_crypto::{Error, Format, Keyset, SecretKey, v1};
 
+#[path = "support/vectors.rs"]
+mod support;
+use support::{pattern, test_key};
+
 fn vector_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
-}
-
-/// The test key of docs/format.md: bytes 00 01 02 … 1f.
-fn test_key() -> SecretKey {
-    let mut k = [0u8; 32];
-    for (i, b) in k.iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    SecretKey::from_bytes(k)
-}
-
-/// Plaintext of the frozen vectors: byte i is i mod 251.
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8).collect()
 }
 
 #[test]
