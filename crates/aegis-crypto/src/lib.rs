@@ -35,6 +35,7 @@ pub mod fsutil;
 mod gcm;
 pub mod key;
 pub mod keyset;
+pub mod primitives;
 pub mod reencrypt;
 pub mod store;
 pub mod v1;
