@@ -53,6 +53,9 @@ pub enum DropReason {
     /// A signature that does not verify under the client's identity key.
     #[error("bad signature in {0}")]
     BadSignature(Stage),
+    /// An advertised X25519 key of small order (agreement with it would be all-zero).
+    #[error("degenerate public key in the advertisement")]
+    BadKey,
     /// Encrypted shares not addressed to exactly the client's live neighbours, or of the wrong size.
     #[error("encrypted shares do not match the neighbourhood")]
     BadShares,

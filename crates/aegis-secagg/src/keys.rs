@@ -139,6 +139,18 @@ impl AgreementSecret {
     }
 }
 
+/// Whether `pk` is a usable X25519 public key: agreement with it under a fixed clamped scalar
+/// is not all-zero (clamping clears the cofactor, so only small-order points give zero). The
+/// server checks this on every advertisement, so a client cannot make its neighbours abort by
+/// advertising a degenerate key.
+pub(crate) fn usable_x25519(pk: &[u8; PUBLIC_LEN]) -> bool {
+    AgreementSecret([0x5a; 32])
+        .agree(pk)
+        .ok()
+        .flatten()
+        .is_some()
+}
+
 /// HKDF-SHA256 (salt = session id, info = label ‖ id a ‖ id b) of an X25519 shared secret.
 pub(crate) fn pair_key(
     shared: &[u8; 32],

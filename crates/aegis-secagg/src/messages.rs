@@ -441,6 +441,19 @@ impl ClientMessage {
     }
 }
 
+/// A masked input borrowed from its encoding (the server sums it without copying it).
+pub(crate) fn decode_masked_input(bytes: &[u8]) -> Result<Option<(SessionId, &[u8])>, DecodeError> {
+    let mut r = Reader::new(bytes);
+    check_version(&mut r)?;
+    if r.u8()? != 0x83 {
+        return Ok(None);
+    }
+    let session = SessionId(r.array()?);
+    let packed = r.var_bytes((MAX_VECTOR_LEN as usize + 1) * 4)?;
+    r.finish()?;
+    Ok(Some((session, packed)))
+}
+
 fn check_version(r: &mut Reader<'_>) -> Result<(), DecodeError> {
     match r.u8()? {
         VERSION => Ok(()),

@@ -17,10 +17,10 @@ use rayon::prelude::*;
 
 use crate::error::{AbortReason, DropReason, Error};
 use crate::graph::{Graph, index_of};
-use crate::keys::{AgreementSecret, IdentityPublicKey, SIGNATURE_LEN, pair_key};
+use crate::keys::{AgreementSecret, IdentityPublicKey, SIGNATURE_LEN, pair_key, usable_x25519};
 use crate::messages::{
     Advertisement, ClientMessage, EncryptedShare, RevealedShare, RosterEntry, SHARE_CIPHERTEXT_LEN,
-    ServerMessage, unpack_add,
+    ServerMessage, decode_masked_input, unpack_add,
 };
 use crate::params::Params;
 use crate::prg::{MaskPrg, Sign, apply_masks};
@@ -350,14 +350,20 @@ impl ServerSession {
         }
     }
 
-    /// Handles encoded bytes from `from`: undecodable bytes drop that client.
+    /// Handles encoded bytes from `from`: undecodable bytes drop that client. A masked input is
+    /// summed straight from `bytes`, without a copy.
     pub fn handle_bytes(&mut self, from: ClientId, bytes: &[u8]) -> Result<(), Error> {
         let i = index_of(&self.ctx.ids, from).ok_or(Error::UnknownClient(from))?;
         if self.is_terminal() {
             return self.terminal_error();
         }
-        match ClientMessage::decode(bytes) {
-            Ok(msg) => self.handle(from, msg),
+        let incoming = match decode_masked_input(bytes) {
+            Ok(Some((session, packed))) => Ok(Incoming::Masked { session, packed }),
+            Ok(None) => ClientMessage::decode(bytes).map(Incoming::Owned),
+            Err(e) => Err(e),
+        };
+        match incoming {
+            Ok(msg) => self.dispatch(i, msg),
             Err(e) => {
                 if let Some(stage) = self.state.stage() {
                     self.ctx.drop_client(i, stage, DropReason::Malformed(e));
@@ -373,9 +379,23 @@ impl ServerSession {
     /// session that has ended.
     pub fn handle(&mut self, from: ClientId, msg: ClientMessage) -> Result<(), Error> {
         let i = index_of(&self.ctx.ids, from).ok_or(Error::UnknownClient(from))?;
+        match msg {
+            ClientMessage::MaskedInput { session, packed } => self.dispatch(
+                i,
+                Incoming::Masked {
+                    session,
+                    packed: &packed,
+                },
+            ),
+            other => self.dispatch(i, Incoming::Owned(other)),
+        }
+    }
+
+    fn dispatch(&mut self, i: u32, msg: Incoming<'_>) -> Result<(), Error> {
         if self.is_terminal() {
             return self.terminal_error();
         }
+        let from = self.ctx.id(i);
         let Some(stage) = self.state.stage() else {
             return self.terminal_error();
         };
@@ -392,13 +412,7 @@ impl ServerSession {
             self.advance_if_complete();
             return Ok(());
         }
-        let msg_stage = match &msg {
-            ClientMessage::Advertise { .. } => Stage::AdvertiseKeys,
-            ClientMessage::Shares { .. } => Stage::ShareKeys,
-            ClientMessage::MaskedInput { .. } => Stage::MaskedInputCollection,
-            ClientMessage::Consistency { .. } => Stage::ConsistencyCheck,
-            ClientMessage::Unmask { .. } => Stage::Unmasking,
-        };
+        let msg_stage = msg.stage();
         if msg_stage < stage {
             self.ctx.events.push(ServerEvent::Ignored {
                 client: from,
@@ -421,23 +435,26 @@ impl ServerSession {
         }
         let ctx = &mut self.ctx;
         let verdict = match (&mut self.state, msg) {
-            (ServerState::ExpectAdvertisements(s), ClientMessage::Advertise { advert, .. }) => {
-                s.accept(ctx, i, advert)
-            }
-            (ServerState::ExpectShares(s), ClientMessage::Shares { shares, .. }) => {
-                s.accept(ctx, i, shares)
-            }
-            (ServerState::ExpectMaskedInputs(s), ClientMessage::MaskedInput { packed, .. }) => {
-                s.accept(ctx, i, &packed)
-            }
-            (ServerState::ExpectConsistency(s), ClientMessage::Consistency { signature, .. }) => {
-                s.accept(ctx, i, signature)
+            (
+                ServerState::ExpectAdvertisements(s),
+                Incoming::Owned(ClientMessage::Advertise { advert, .. }),
+            ) => s.accept(ctx, i, advert),
+            (
+                ServerState::ExpectShares(s),
+                Incoming::Owned(ClientMessage::Shares { shares, .. }),
+            ) => s.accept(ctx, i, shares),
+            (ServerState::ExpectMaskedInputs(s), Incoming::Masked { packed, .. }) => {
+                s.accept(ctx, i, packed)
             }
             (
+                ServerState::ExpectConsistency(s),
+                Incoming::Owned(ClientMessage::Consistency { signature, .. }),
+            ) => s.accept(ctx, i, signature),
+            (
                 ServerState::ExpectUnmaskingShares(s),
-                ClientMessage::Unmask {
+                Incoming::Owned(ClientMessage::Unmask {
                     self_mask, keys, ..
-                },
+                }),
             ) => s.accept(ctx, i, self_mask, keys),
             _ => Verdict::Drop(DropReason::UnexpectedMessage {
                 stage,
@@ -543,6 +560,41 @@ impl ServerSession {
     }
 }
 
+/// A decoded client message; a masked input stays borrowed from its bytes.
+enum Incoming<'a> {
+    Owned(ClientMessage),
+    Masked {
+        session: SessionId,
+        packed: &'a [u8],
+    },
+}
+
+impl Incoming<'_> {
+    fn session(&self) -> &SessionId {
+        match self {
+            Incoming::Owned(m) => m.session(),
+            Incoming::Masked { session, .. } => session,
+        }
+    }
+    fn kind(&self) -> &'static str {
+        match self {
+            Incoming::Owned(m) => m.kind(),
+            Incoming::Masked { .. } => "MaskedInput",
+        }
+    }
+    fn stage(&self) -> Stage {
+        match self {
+            Incoming::Owned(ClientMessage::Advertise { .. }) => Stage::AdvertiseKeys,
+            Incoming::Owned(ClientMessage::Shares { .. }) => Stage::ShareKeys,
+            Incoming::Owned(ClientMessage::MaskedInput { .. }) | Incoming::Masked { .. } => {
+                Stage::MaskedInputCollection
+            }
+            Incoming::Owned(ClientMessage::Consistency { .. }) => Stage::ConsistencyCheck,
+            Incoming::Owned(ClientMessage::Unmask { .. }) => Stage::Unmasking,
+        }
+    }
+}
+
 enum Verdict {
     Accepted,
     Repeat,
@@ -623,6 +675,9 @@ impl ExpectAdvertisements {
             || !identity.verify(&advert_payload(&ctx.session, &advert), &advert.signature)
         {
             return Verdict::Drop(DropReason::BadSignature(Stage::AdvertiseKeys));
+        }
+        if !usable_x25519(&advert.c_pk) || !usable_x25519(&advert.s_pk) {
+            return Verdict::Drop(DropReason::BadKey);
         }
         match self.adverts.get_mut(i as usize) {
             Some(slot) => first_wins(slot, advert).unwrap_or(Verdict::Accepted),
