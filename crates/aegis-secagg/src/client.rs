@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use rand_core::CryptoRng;
+use rayon::prelude::*;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Refusal};
@@ -527,11 +528,21 @@ impl ClientSession {
             if !round.is_neighbour(a.id) || seen.contains_key(&a.id) {
                 return Err(Refusal::UnexpectedPeer(a.id));
             }
-            let identity = round.identity(a.id).ok_or(Refusal::UnexpectedPeer(a.id))?;
-            if !identity.verify(&advert_payload(&round.session, &a), &a.signature) {
-                return Err(Refusal::BadAdvertisement(a.id));
-            }
             seen.insert(a.id, a);
+        }
+        // Signature checks and agreements are independent per neighbour: spread them over the
+        // cores. The first failure by id is reported, whatever the scheduling.
+        let forged = seen
+            .par_iter()
+            .filter(|(id, a)| {
+                !round
+                    .identity(**id)
+                    .is_some_and(|k| k.verify(&advert_payload(&round.session, a), &a.signature))
+            })
+            .map(|(id, _)| *id)
+            .min();
+        if let Some(id) = forged {
+            return Err(Refusal::BadAdvertisement(id));
         }
         let t = round.threshold();
         if seen.len() < t {
@@ -541,46 +552,25 @@ impl ClientSession {
                 need: t,
             });
         }
-        let peers: Vec<ClientId> = seen.keys().copied().collect();
-        let xs: Vec<u64> = peers.iter().filter_map(|&id| round.x_of(id)).collect();
+        let peers: Vec<&Advertisement> = seen.values().collect();
+        let xs: Vec<u64> = peers.iter().filter_map(|a| round.x_of(a.id)).collect();
         let b_shares = split(&b_seed, &xs, t, rng);
         let s_shares = split(&s_sk.0, &xs, t, rng);
         let me = round.me;
+        let session = round.session;
+        let derived: Vec<Result<PeerKeys, Refusal>> = peers
+            .par_iter()
+            .zip(b_shares.par_iter().zip(s_shares.par_iter()))
+            .map(|(a, (b, s))| peer_keys(&session, me, &c_sk, &s_sk, a, b, s))
+            .collect();
         let mut out = Vec::with_capacity(peers.len());
         let mut mask_seeds = BTreeMap::new();
         let mut recv_keys = BTreeMap::new();
-        for ((id, b), s) in peers.iter().zip(&b_shares).zip(&s_shares) {
-            let a = seen.get(id).ok_or(Refusal::UnexpectedPeer(*id))?;
-            let (lo, hi) = if me < *id { (me, *id) } else { (*id, me) };
-            let bad = |_| Refusal::BadAdvertisement(*id);
-            let c_shared = c_sk
-                .agree(&a.c_pk)
-                .map_err(bad)?
-                .ok_or(Refusal::BadAdvertisement(*id))?;
-            let s_shared = s_sk
-                .agree(&a.s_pk)
-                .map_err(bad)?
-                .ok_or(Refusal::BadAdvertisement(*id))?;
-            let share_key =
-                pair_key(&c_shared, &round.session, transcript::SHARE_KEY, me, *id).map_err(bad)?;
-            let recv_key =
-                pair_key(&c_shared, &round.session, transcript::SHARE_KEY, *id, me).map_err(bad)?;
-            let mask_seed =
-                pair_key(&s_shared, &round.session, transcript::MASK_KEY, lo, hi).map_err(bad)?;
-            recv_keys.insert(*id, recv_key);
-            let mut bundle = Zeroizing::new(Vec::with_capacity(1 + 16 + 2 * SHARE_LEN));
-            bundle.push(1);
-            bundle.extend_from_slice(&me.0.to_le_bytes());
-            bundle.extend_from_slice(&id.0.to_le_bytes());
-            bundle.extend_from_slice(&b.to_bytes());
-            bundle.extend_from_slice(&s.to_bytes());
-            let ciphertext = seal_share(&share_key, &share_aad(&round.session, me, *id), &bundle)
-                .map_err(|_| Refusal::BadAdvertisement(*id))?;
-            out.push(EncryptedShare {
-                peer: *id,
-                ciphertext,
-            });
-            mask_seeds.insert(*id, mask_seed);
+        for d in derived {
+            let d = d?;
+            out.push(d.bundle);
+            recv_keys.insert(d.id, d.recv_key);
+            mask_seeds.insert(d.id, d.mask_seed);
         }
         self.outbox.push_back(ClientMessage::Shares {
             session: round.session,
@@ -696,19 +686,26 @@ impl ClientSession {
         if survivors != signed {
             return Err(Refusal::InconsistentSurvivors);
         }
-        let mut valid = 0usize;
         let mut seen = Vec::with_capacity(signatures.len());
-        for (id, sig) in &signatures {
+        for (id, _) in &signatures {
             if !round.is_neighbour(*id) || signed.binary_search(id).is_err() || seen.contains(id) {
                 return Err(Refusal::UnexpectedPeer(*id));
             }
             seen.push(*id);
-            let identity = round.identity(*id).ok_or(Refusal::UnexpectedPeer(*id))?;
-            if !identity.verify(&consistency_payload(&round.session, *id, &signed), sig) {
-                return Err(Refusal::BadConsistencySignature(*id));
-            }
-            valid += 1;
         }
+        let forged = signatures
+            .par_iter()
+            .filter(|(id, sig)| {
+                !round.identity(*id).is_some_and(|k| {
+                    k.verify(&consistency_payload(&round.session, *id, &signed), sig)
+                })
+            })
+            .map(|(id, _)| *id)
+            .min();
+        if let Some(id) = forged {
+            return Err(Refusal::BadConsistencySignature(id));
+        }
+        let valid = signatures.len();
         let t = round.threshold();
         if valid < t {
             return Err(Refusal::TooFewNeighbours {
@@ -744,6 +741,57 @@ impl ClientSession {
         });
         Ok(ClientState::Completed)
     }
+}
+
+/// What a client derives for one neighbour at ShareKeys.
+struct PeerKeys {
+    id: ClientId,
+    bundle: EncryptedShare,
+    recv_key: Zeroizing<[u8; 32]>,
+    mask_seed: Zeroizing<[u8; 32]>,
+}
+
+/// Both agreements with neighbour `a`, the three keys derived from them (`docs/secagg.md` §5),
+/// and the encrypted bundle of its shares.
+fn peer_keys(
+    session: &SessionId,
+    me: ClientId,
+    c_sk: &AgreementSecret,
+    s_sk: &AgreementSecret,
+    a: &Advertisement,
+    b: &Share,
+    s: &Share,
+) -> Result<PeerKeys, Refusal> {
+    let id = a.id;
+    let bad = |_| Refusal::BadAdvertisement(id);
+    let (lo, hi) = if me < id { (me, id) } else { (id, me) };
+    let c_shared = c_sk
+        .agree(&a.c_pk)
+        .map_err(bad)?
+        .ok_or(Refusal::BadAdvertisement(id))?;
+    let s_shared = s_sk
+        .agree(&a.s_pk)
+        .map_err(bad)?
+        .ok_or(Refusal::BadAdvertisement(id))?;
+    let share_key = pair_key(&c_shared, session, transcript::SHARE_KEY, me, id).map_err(bad)?;
+    let recv_key = pair_key(&c_shared, session, transcript::SHARE_KEY, id, me).map_err(bad)?;
+    let mask_seed = pair_key(&s_shared, session, transcript::MASK_KEY, lo, hi).map_err(bad)?;
+    let mut bundle = Zeroizing::new(Vec::with_capacity(1 + 16 + 2 * SHARE_LEN));
+    bundle.push(1);
+    bundle.extend_from_slice(&me.0.to_le_bytes());
+    bundle.extend_from_slice(&id.0.to_le_bytes());
+    bundle.extend_from_slice(&b.to_bytes());
+    bundle.extend_from_slice(&s.to_bytes());
+    let ciphertext = seal_share(&share_key, &share_aad(session, me, id), &bundle).map_err(bad)?;
+    Ok(PeerKeys {
+        id,
+        bundle: EncryptedShare {
+            peer: id,
+            ciphertext,
+        },
+        recv_key,
+        mask_seed,
+    })
 }
 
 /// Opens the share bundles addressed to us: each from a neighbour that advertised, once.

@@ -17,8 +17,6 @@ use crate::error::Error;
 const PER_BLOCK: usize = 4;
 /// Elements per piece kept in L1 while every mask is applied: 4096 × 4 B = 16 KiB.
 const PIECE: usize = 4096;
-/// Elements per parallel task.
-const TASK: usize = 64 * PIECE;
 
 /// Whether a mask is added or subtracted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,23 +87,27 @@ fn apply_piece(
 }
 
 /// Adds (or subtracts) every mask to `acc` (element 0 of `acc` is element 0 of each mask),
-/// using all cores for long vectors.
+/// spreading the pieces over all cores.
 pub fn apply_masks(acc: &mut [u32], masks: &[(&MaskPrg, Sign)]) -> Result<(), Error> {
     if masks.is_empty() {
         return Ok(());
     }
-    let run = |(task, chunk): (usize, &mut [u32])| -> Result<(), Error> {
-        let mut buf = vec![0u8; PIECE * 4];
-        for (p, piece) in chunk.chunks_mut(PIECE).enumerate() {
-            apply_piece(piece, task * TASK + p * PIECE, masks, &mut buf)?;
-        }
-        Ok(())
-    };
-    if acc.len() <= TASK {
-        run((0, acc))
-    } else {
-        acc.par_chunks_mut(TASK).enumerate().try_for_each(run)
+    // Tasks of whole pieces, about four per thread (bounded below by one piece).
+    let threads = rayon::current_num_threads().max(1);
+    let pieces = acc.len().div_ceil(PIECE);
+    let task = pieces.div_ceil(4 * threads).max(1) * PIECE;
+    if pieces <= 1 || threads == 1 {
+        return apply_masks_serial(acc, masks);
     }
+    acc.par_chunks_mut(task)
+        .enumerate()
+        .try_for_each(|(k, chunk)| -> Result<(), Error> {
+            let mut buf = vec![0u8; PIECE * 4];
+            for (p, piece) in chunk.chunks_mut(PIECE).enumerate() {
+                apply_piece(piece, k * task + p * PIECE, masks, &mut buf)?;
+            }
+            Ok(())
+        })
 }
 
 /// Single-threaded variant for callers that parallelise at another level.
@@ -126,7 +128,7 @@ mod tests {
     fn mask_is_the_ctr_keystream_and_pieces_agree() {
         let seed = [7u8; 32];
         let prg = MaskPrg::new(&seed).unwrap();
-        let n = TASK * 2 + 1234;
+        let n = PIECE * 37 + 1234;
         let mut whole = vec![0u8; n * 4];
         prg.keystream(0, &mut whole).unwrap();
         let expect: Vec<u32> = whole

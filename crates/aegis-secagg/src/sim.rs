@@ -83,6 +83,7 @@ pub struct Simulation {
     seed: u64,
     faults: Faults,
     inputs: Option<Vec<(Vec<f32>, u32)>>,
+    sequential: bool,
 }
 
 struct SimClient {
@@ -124,12 +125,21 @@ impl Simulation {
             seed,
             faults: Faults::default(),
             inputs: None,
+            sequential: false,
         }
     }
 
     /// Sets the faults.
     pub fn faults(mut self, faults: Faults) -> Simulation {
         self.faults = faults;
+        self
+    }
+
+    /// Runs the clients one after another (each may still use every core inside), so that
+    /// per-client times are measured without other clients competing for the cores. By default
+    /// clients run in parallel, which is faster for large rosters.
+    pub fn sequential_clients(mut self) -> Simulation {
+        self.sequential = true;
         self
     }
 
@@ -337,7 +347,11 @@ impl Simulation {
         let f = &self.faults;
         if f.tamper_rate > 0.0 && unit(rng) < f.tamper_rate && !bytes.is_empty() {
             // A masked input (type 0x83) is hit only in its 38-byte header.
-            let span = if bytes.get(1) == Some(&0x83) { bytes.len().min(38) } else { bytes.len() };
+            let span = if bytes.get(1) == Some(&0x83) {
+                bytes.len().min(38)
+            } else {
+                bytes.len()
+            };
             let bit = (rng.next_u64() % (span as u64 * 8)) as usize;
             if let Some(b) = bytes.get_mut(bit / 8) {
                 *b ^= 1 << (bit % 8);
