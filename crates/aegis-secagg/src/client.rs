@@ -318,7 +318,11 @@ impl ClientSession {
         msg: ServerMessage,
         rng: &mut R,
     ) -> Result<(), Error> {
+        if matches!(self.state, ClientState::Aborted(_)) {
+            return self.terminal_error();
+        }
         if self.last.as_ref() == Some(&msg) {
+            // A retransmission of the last accepted message (also after completing).
             return Ok(());
         }
         if self.is_terminal() {
@@ -383,7 +387,10 @@ impl ClientSession {
                 got: msg.kind(),
             }),
         };
-        self.last = Some(kept);
+        if next.is_ok() {
+            // Only an accepted message may be repeated harmlessly.
+            self.last = Some(kept);
+        }
         self.settle(next)
     }
 
@@ -626,6 +633,9 @@ impl ClientSession {
     fn consistency(&mut self, s: ExpectConsistencyRequest, survivors: Vec<ClientId>) -> Step {
         let ExpectConsistencyRequest { round, held } = s;
         let t = round.threshold();
+        if survivors.windows(2).any(|w| matches!(w, [a, b] if a >= b)) {
+            return Err(Refusal::BadSurvivors("not sorted or has duplicates"));
+        }
         if survivors.len() < t {
             return Err(Refusal::BadSurvivors("fewer survivors than the threshold"));
         }
@@ -713,6 +723,11 @@ impl ClientSession {
                 have: valid,
                 need: t,
             });
+        }
+        if dropped.windows(2).any(|w| matches!(w, [a, b] if a >= b)) {
+            return Err(Refusal::BadSurvivors(
+                "dropped list not sorted or has duplicates",
+            ));
         }
         let mut keys = Vec::with_capacity(dropped.len());
         for d in &dropped {
