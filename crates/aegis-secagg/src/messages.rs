@@ -243,8 +243,12 @@ impl ServerMessage {
             ServerMessage::Abort { session, reason } => {
                 w.u8(6);
                 w.bytes(&session.0);
-                let r = reason.as_bytes();
-                w.var_bytes(r.get(..r.len().min(MAX_REASON)).unwrap_or_default());
+                // At most MAX_REASON bytes, cut at a character boundary.
+                let mut end = reason.len().min(MAX_REASON);
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                w.var_bytes(reason.as_bytes().get(..end).unwrap_or_default());
             }
         }
         w.buf

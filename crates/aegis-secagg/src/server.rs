@@ -30,8 +30,9 @@ use crate::transcript::{self, advert_payload, commitment, consistency_payload};
 use crate::{ClientId, SessionId, Stage};
 
 /// How many different subsets of shares are tried before a reconstruction is declared failed
-/// (a client may reveal a wrong share; the commitment check tells).
-const RECONSTRUCTION_ATTEMPTS: usize = 8;
+/// (a client may reveal a wrong share; the commitment check tells): the first `t` shares, then
+/// the first `t` leaving out each of the first 32 shares in turn.
+const RECONSTRUCTION_ATTEMPTS: usize = 33;
 
 /// What happened during a round, for logs and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1094,8 +1095,21 @@ impl ExpectUnmaskingShares {
                         Some(commitment(&session, id, secret)) == expect
                     }
                 };
-                for attempt in 0..RECONSTRUCTION_ATTEMPTS.min(shares.len() - t + 1) {
-                    let window: Vec<&(u64, Share)> = shares.iter().skip(attempt).take(t).collect();
+                // First the first t shares; then, if a revealed share was wrong, the first t
+                // shares leaving out one share at a time (any single bad share is survived when
+                // more than t shares are at hand).
+                let leave_out = std::iter::once(None).chain((0..shares.len()).map(Some));
+                for skip in leave_out.take(RECONSTRUCTION_ATTEMPTS) {
+                    let window: Vec<&(u64, Share)> = shares
+                        .iter()
+                        .enumerate()
+                        .filter(|(k, _)| Some(*k) != skip)
+                        .map(|(_, s)| s)
+                        .take(t)
+                        .collect();
+                    if window.len() < t {
+                        continue;
+                    }
                     let xs: Vec<u64> = window.iter().map(|(x, _)| *x).collect();
                     let coeffs = match lagrange.get(&xs) {
                         Some(c) => c.clone(),
