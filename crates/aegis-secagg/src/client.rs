@@ -300,11 +300,8 @@ impl ClientSession {
                     return self.terminal_error();
                 }
                 // Undecodable bytes from the server: refuse, the server is faulty.
-                self.state = ClientState::Aborted(Refusal::UnexpectedMessage {
-                    expected: self.state.name(),
-                    got: "undecodable bytes",
-                });
-                let _ = e;
+                self.outbox.clear();
+                self.state = ClientState::Aborted(Refusal::Undecodable(e));
                 self.terminal_error()
             }
         }
@@ -335,6 +332,7 @@ impl ClientSession {
                 .round()
                 .is_none_or(|r| r.session == *msg.session())
             {
+                self.outbox.clear();
                 self.state = ClientState::Aborted(Refusal::ServerAborted(reason.clone()));
                 return self.terminal_error();
             }
@@ -342,6 +340,7 @@ impl ClientSession {
         if let Some(round) = self.state.round()
             && round.session != *msg.session()
         {
+            self.outbox.clear();
             self.state = ClientState::Aborted(Refusal::WrongSession);
             return self.terminal_error();
         }

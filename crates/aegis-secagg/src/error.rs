@@ -135,6 +135,9 @@ pub enum Refusal {
     /// A message for another session (a replay).
     #[error("message for another session")]
     WrongSession,
+    /// Bytes from the server that do not decode.
+    #[error("undecodable message from the server: {0}")]
+    Undecodable(DecodeError),
     /// A peer's advertised keys are not signed by its identity key.
     #[error("forged or invalid key advertisement of client {0}")]
     BadAdvertisement(ClientId),
