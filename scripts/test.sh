@@ -3,7 +3,7 @@
 #
 # Usage (from anywhere; it cd's to the repo root):
 #   scripts/test.sh                      # fmt check, clippy -D warnings, all tests
-#   scripts/test.sh -- --nocapture       # extra args go to `cargo test --workspace --locked`
+#   scripts/test.sh -- --nocapture       # extra args go to `cargo test --workspace --all-features --locked`
 #   scripts/test.sh keyring              # ... e.g. a test-name filter
 #   scripts/test.sh -p aegis-crypto -- --test-threads=1
 #
@@ -18,8 +18,8 @@
 #                 AEGIS_TEST_PYTHON=<repo>/target/pyenv/bin/python
 #                 HOME=<temp home>, CARGO_HOME/RUSTUP_HOME pinned to the real ones, CI as given.
 #   == fmt      cargo fmt --all -- --check
-#   == clippy   cargo clippy --workspace --all-targets --locked -- -D warnings
-#   == test     cargo test --workspace --locked [ARGS...]
+#   == clippy   cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+#   == test     cargo test --workspace --all-features --locked [ARGS...]
 # Stops at the first failing step; exit status is that step's. With CI=true a Secret Service
 # that cannot be set up is a failure; otherwise it is a warning and keyring tests skip.
 # Temp dir and daemons are removed on any exit (see with-secret-service.sh).
@@ -57,7 +57,7 @@ echo "== fmt"
 cargo fmt --all -- --check
 
 echo "== clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 echo "== test"
-cargo test --workspace --locked "$@"
+cargo test --workspace --all-features --locked "$@"

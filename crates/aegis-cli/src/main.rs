@@ -1,4 +1,5 @@
-//! `aegis` — the one command of AEGIS: keys, encryption at rest, re-encryption.
+//! `aegis` — the one command of AEGIS: keys, encryption at rest, re-encryption, development
+//! TLS certificates.
 //!
 //! Errors are one line on stderr with a non-zero exit; progress bars appear on long work when
 //! stderr is a terminal. Settings come from flags, then `AEGIS_*` environment variables.
@@ -14,8 +15,10 @@ use aegis_crypto::keyset::KeyStatus;
 use aegis_crypto::reencrypt;
 use aegis_crypto::store::{Backend, KeyStore, LockMode, StoreConfig};
 use aegis_crypto::{Format, KeyId, Keyset, v2};
+use aegis_transport::ClientId;
+use aegis_transport::pki as tls_pki;
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// AEGIS: encryption at rest and key management for federated learning.
@@ -128,6 +131,53 @@ enum Cmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// A development PKI for TLS: a CA, the server certificate, client certificates.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCmd {
+    /// Create a CA (ca.pem, ca.key) and a server certificate (server.pem, server.key) in DIR;
+    /// refused if DIR already has them, unless --force. Keys are written 0600.
+    Init {
+        /// The PKI directory (created 0700 if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// A name of the server: DNS name or IP address (repeatable) [default: localhost,
+        /// 127.0.0.1, ::1].
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+        /// Replace an existing CA and server certificate (client certificates of the old CA
+        /// are then refused).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a client certificate (clients/ID.pem, clients/ID.key) or a new server certificate
+    /// from the CA in DIR.
+    Issue(IssueArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("subject").required(true).args(["client", "server"])))]
+struct IssueArgs {
+    /// The PKI directory (made by `aegis certs init`).
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// A client certificate for client ID (a u64): URI SAN aegis://client/ID, CN
+    /// aegis-client-ID.
+    #[arg(long, value_name = "ID")]
+    client: Option<ClientId>,
+    /// A new server certificate (server.pem, server.key).
+    #[arg(long)]
+    server: bool,
+    /// With --server: a name of the server, DNS name or IP address (repeatable) [default:
+    /// localhost, 127.0.0.1, ::1].
+    #[arg(long = "san", value_name = "NAME", conflicts_with = "client")]
+    sans: Vec<String>,
+    /// Replace the certificate and key if they exist.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -278,6 +328,11 @@ fn usage_error(e: clap::Error) -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // Certificates need no master key: no key-store settings are read for them.
+    let cli = match cli.cmd {
+        Cmd::Certs(c) => return certs_cmd(c),
+        cmd => Cli { cmd, ..cli },
+    };
     let ks = KeyStore::new(cli.store.config()?);
     match cli.cmd {
         Cmd::Key(k) => key_cmd(&ks, &cli.store, k),
@@ -285,7 +340,70 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Decrypt(a) => decrypt(&ks, a),
         Cmd::Reencrypt(a) => reencrypt_cmd(&ks, &cli.store, a),
         Cmd::Inspect { files } => inspect(&files),
+        Cmd::Certs(c) => certs_cmd(c),
     }
+}
+
+/// The given server names, or the defaults.
+fn sans_or_default(sans: Vec<String>) -> Vec<String> {
+    if sans.is_empty() {
+        tls_pki::default_server_sans()
+    } else {
+        sans
+    }
+}
+
+fn certs_cmd(cmd: CertsCmd) -> Result<ExitCode> {
+    match cmd {
+        CertsCmd::Init { dir, sans, force } => {
+            let sans = sans_or_default(sans);
+            let had_ca = tls_pki::PkiDir::new(&dir).ca_key().exists();
+            let pki = tls_pki::init(&dir, &sans, force)?;
+            println!(
+                "created CA {} (key {}, 0600)",
+                pki.ca_cert().display(),
+                pki.ca_key().display()
+            );
+            println!(
+                "created server certificate {} for {} (key {}, 0600)",
+                pki.server_cert().display(),
+                sans.join(", "),
+                pki.server_key().display()
+            );
+            if had_ca && pki.clients_dir().exists() {
+                println!(
+                    "note: client certificates in {} are from the replaced CA; issue them again",
+                    pki.clients_dir().display()
+                );
+            }
+            println!(
+                "next: `aegis certs issue --dir {} --client ID` for each client",
+                dir.display()
+            );
+        }
+        CertsCmd::Issue(a) => match a.client {
+            Some(id) => {
+                let (cert, key) = tls_pki::issue_client(&a.dir, id, a.force)?;
+                println!(
+                    "issued client certificate {} for {} (key {}, 0600)",
+                    cert.display(),
+                    id.uri(),
+                    key.display()
+                );
+            }
+            None => {
+                let sans = sans_or_default(a.sans);
+                let (cert, key) = tls_pki::issue_server(&a.dir, &sans, a.force)?;
+                println!(
+                    "issued server certificate {} for {} (key {}, 0600)",
+                    cert.display(),
+                    sans.join(", "),
+                    key.display()
+                );
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn key_cmd(store: &KeyStore, args: &StoreArgs, cmd: KeyCmd) -> Result<ExitCode> {
