@@ -312,7 +312,9 @@ impl ServerMessage {
                 }
             }
             6 => {
-                let reason = String::from_utf8_lossy(r.var_bytes(MAX_REASON)?).into_owned();
+                let reason = std::str::from_utf8(r.var_bytes(MAX_REASON)?)
+                    .map_err(|_| DecodeError::Invalid("reason is not UTF-8"))?
+                    .to_owned();
                 ServerMessage::Abort { session, reason }
             }
             t => return Err(DecodeError::UnknownType(t)),

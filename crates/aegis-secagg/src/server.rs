@@ -668,17 +668,11 @@ fn need_clients(ctx: &Ctx, set: &[bool], stage: Stage) -> Result<(), AbortReason
 }
 
 impl ExpectAdvertisements {
+    /// Keeps the first advertisement of each client; its signature and keys are checked when the
+    /// stage ends, all at once on every core.
     fn accept(&mut self, ctx: &mut Ctx, i: u32, advert: Advertisement) -> Verdict {
-        let Some(identity) = ctx.identities.get(i as usize) else {
+        if advert.id != ctx.id(i) {
             return Verdict::Drop(DropReason::BadSignature(Stage::AdvertiseKeys));
-        };
-        if advert.id != ctx.id(i)
-            || !identity.verify(&advert_payload(&ctx.session, &advert), &advert.signature)
-        {
-            return Verdict::Drop(DropReason::BadSignature(Stage::AdvertiseKeys));
-        }
-        if !usable_x25519(&advert.c_pk) || !usable_x25519(&advert.s_pk) {
-            return Verdict::Drop(DropReason::BadKey);
         }
         match self.adverts.get_mut(i as usize) {
             Some(slot) => first_wins(slot, advert).unwrap_or(Verdict::Accepted),
@@ -686,7 +680,32 @@ impl ExpectAdvertisements {
         }
     }
 
-    fn finish(self, ctx: &mut Ctx) -> Next {
+    fn finish(mut self, ctx: &mut Ctx) -> Next {
+        // Signatures under the roster identity, and keys of large order.
+        let session = ctx.session;
+        let verdicts: Vec<Option<DropReason>> = self
+            .adverts
+            .par_iter()
+            .zip(ctx.identities.par_iter())
+            .map(|(advert, identity)| {
+                let a = advert.as_ref()?;
+                if !identity.verify(&advert_payload(&session, a), &a.signature) {
+                    return Some(DropReason::BadSignature(Stage::AdvertiseKeys));
+                }
+                if !usable_x25519(&a.c_pk) || !usable_x25519(&a.s_pk) {
+                    return Some(DropReason::BadKey);
+                }
+                None
+            })
+            .collect();
+        for (i, verdict) in verdicts.into_iter().enumerate() {
+            if let Some(reason) = verdict {
+                ctx.drop_client(i as u32, Stage::AdvertiseKeys, reason);
+                if let Some(slot) = self.adverts.get_mut(i) {
+                    *slot = None;
+                }
+            }
+        }
         let mut u1: Vec<bool> = (0..ctx.n())
             .map(|i| ctx.live(i) && self.adverts.get(i as usize).is_some_and(Option::is_some))
             .collect();
@@ -898,21 +917,14 @@ fn check_recoverable(
 }
 
 impl ExpectConsistency {
-    fn accept(&mut self, ctx: &mut Ctx, i: u32, signature: [u8; SIGNATURE_LEN]) -> Verdict {
-        let Some(identity) = ctx.identities.get(i as usize) else {
-            return Verdict::Drop(DropReason::BadSignature(Stage::ConsistencyCheck));
-        };
+    /// Keeps the first signature of each survivor; signatures are verified when the stage ends,
+    /// all at once on every core.
+    fn accept(&mut self, _ctx: &mut Ctx, i: u32, signature: [u8; SIGNATURE_LEN]) -> Verdict {
         if !member(&self.u3, i) {
             return Verdict::Drop(DropReason::UnexpectedMessage {
                 stage: Stage::ConsistencyCheck,
                 got: "Consistency",
             });
-        }
-        if !identity.verify(
-            &consistency_payload(&ctx.session, ctx.id(i), &self.survivors),
-            &signature,
-        ) {
-            return Verdict::Drop(DropReason::BadSignature(Stage::ConsistencyCheck));
         }
         match self.sigs.get_mut(i as usize) {
             Some(slot) => first_wins(slot, signature).unwrap_or(Verdict::Accepted),
@@ -920,7 +932,31 @@ impl ExpectConsistency {
         }
     }
 
-    fn finish(self, ctx: &mut Ctx) -> Next {
+    fn finish(mut self, ctx: &mut Ctx) -> Next {
+        let session = ctx.session;
+        let forged: Vec<bool> = self
+            .sigs
+            .par_iter()
+            .zip(ctx.identities.par_iter())
+            .zip(ctx.ids.par_iter())
+            .map(|((sig, identity), id)| {
+                sig.as_ref().is_some_and(|sig| {
+                    !identity.verify(&consistency_payload(&session, *id, &self.survivors), sig)
+                })
+            })
+            .collect();
+        for (i, bad) in forged.into_iter().enumerate() {
+            if bad {
+                ctx.drop_client(
+                    i as u32,
+                    Stage::ConsistencyCheck,
+                    DropReason::BadSignature(Stage::ConsistencyCheck),
+                );
+                if let Some(slot) = self.sigs.get_mut(i) {
+                    *slot = None;
+                }
+            }
+        }
         let u4: Vec<bool> = (0..ctx.n())
             .map(|i| ctx.live(i) && self.sigs.get(i as usize).is_some_and(Option::is_some))
             .collect();
@@ -933,12 +969,13 @@ impl ExpectConsistency {
         let n = ctx.n() as usize;
         let mut asked = vec![None; n];
         for i in (0..ctx.n()).filter(|&i| member(&u4, i)) {
-            let survivors_nb: Vec<u32> = ctx
+            let mut survivors_nb: Vec<u32> = ctx
                 .nb(i)
                 .iter()
                 .copied()
                 .filter(|&j| member(&self.u3, j))
                 .collect();
+            survivors_nb.sort_unstable();
             let mut dropped: Vec<u32> = ctx
                 .nb(i)
                 .iter()
@@ -1011,7 +1048,7 @@ impl ExpectUnmaskingShares {
             let mut m = BTreeMap::new();
             for r in list {
                 let j = index_of(&ctx.ids, r.owner)?;
-                if !want.contains(&j) || m.insert(j, r.share).is_some() {
+                if want.binary_search(&j).is_err() || m.insert(j, r.share).is_some() {
                     return None;
                 }
             }

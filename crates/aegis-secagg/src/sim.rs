@@ -41,8 +41,13 @@ pub struct Faults {
 /// Per-party costs of a simulated round.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
-    /// Time spent inside the server's `handle`/`on_deadline` (decoding included).
+    /// Time spent inside the server's `handle`/`on_deadline` (decoding included), for the whole
+    /// round: summing masked inputs as they arrive, checking signatures, unmasking.
     pub server_time: Duration,
+    /// Time of the server's last step alone: from the last answer (or deadline) of the
+    /// Unmasking stage to the result (reconstruction and mask removal), i.e. the latency the
+    /// round adds once every client has answered.
+    pub server_final_step: Duration,
     /// Largest total time one client spent inside its session.
     pub client_time_max: Duration,
     /// Mean total time per client.
@@ -211,6 +216,7 @@ impl Simulation {
         let mut server = ServerSession::start(p.clone(), roster, &mut rng)?;
         server_time += started.elapsed();
         let mut masked_input_bytes = 0usize;
+        let mut final_step: Option<Duration> = None;
         let mut events = Vec::new();
         // Bounded: each stage needs at most two passes (answers, then the deadline).
         for _ in 0..32 {
@@ -261,14 +267,24 @@ impl Simulation {
                 shuffle(&mut inbound, &mut fault_rng);
             }
             let progressed = !inbound.is_empty();
-            let t0 = Instant::now();
             for (from, bytes) in inbound {
+                let t0 = Instant::now();
                 let _ = server.handle_bytes(from, &bytes);
+                let spent = t0.elapsed();
+                server_time += spent;
+                if server.is_terminal() && final_step.is_none() {
+                    final_step = Some(spent);
+                }
             }
             if !progressed && !server.is_terminal() {
+                let t0 = Instant::now();
                 server.on_deadline();
+                let spent = t0.elapsed();
+                server_time += spent;
+                if server.is_terminal() {
+                    final_step = Some(spent);
+                }
             }
-            server_time += t0.elapsed();
             events.extend(server.take_events());
         }
         // Tell the clients about an abort (for their final states).
@@ -324,6 +340,7 @@ impl Simulation {
         let nclients = clients.len().max(1) as u32;
         let stats = Stats {
             server_time,
+            server_final_step: final_step.unwrap_or_default(),
             client_time_max: clients.iter().map(|c| c.time).max().unwrap_or_default(),
             client_time_mean: clients.iter().map(|c| c.time).sum::<Duration>() / nclients,
             client_bytes_up_max: clients.iter().map(|c| c.up).max().unwrap_or(0),
