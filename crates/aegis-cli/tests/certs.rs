@@ -13,11 +13,13 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aegis_transport::ClientId;
 use aegis_transport::tls::load_certs;
-use common::{Sandbox, assert_no_scratch, assert_one_line_error, files_under, mode, read, s};
+use common::{
+    Aegis, Sandbox, assert_no_scratch, assert_one_line_error, files_under, mode, read, s,
+};
 
 fn stdout_text(out: &std::process::Output) -> String {
     String::from_utf8(out.stdout.clone()).expect("stdout is UTF-8")
@@ -39,17 +41,25 @@ fn key_bodies(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn assert_no_key_in(text: &str, dir: &Path) {
+/// `dir` holds no scratch files, and `text` (an output) no key material from it.
+fn assert_clean(dir: &Path, text: &str) {
+    assert_no_scratch(dir);
     for body in key_bodies(dir) {
         assert!(!text.contains(&body), "key material in the output: {text}");
     }
 }
 
-#[test]
-fn init_and_issue_write_the_pki_with_private_keys() {
+/// A fresh sandbox, the binary run in it, and the path of the directory `name` in it.
+fn sandbox(name: &str) -> (Sandbox, Aegis, PathBuf) {
     let sb = Sandbox::new();
     let a = sb.aegis();
-    let pki = sb.join("pki");
+    let dir = sb.join(name);
+    (sb, a, dir)
+}
+
+#[test]
+fn init_and_issue_write_the_pki_with_private_keys() {
+    let (sb, a, pki) = sandbox("pki");
     let out = a.ok(["certs", "init", "--dir", s(&pki)]);
     let text = stdout_text(&out);
     assert!(
@@ -109,15 +119,12 @@ fn init_and_issue_write_the_pki_with_private_keys() {
             "server.pem"
         ]
     );
-    assert_no_scratch(&pki);
-    assert_no_key_in(&text, &pki);
+    assert_clean(&pki, &text);
 }
 
 #[test]
 fn issue_refuses_without_a_ca() {
-    let sb = Sandbox::new();
-    let a = sb.aegis();
-    let pki = sb.join("empty");
+    let (sb, a, pki) = sandbox("empty");
     let line = a.fail(["certs", "issue", "--dir", s(&pki), "--client", "1"]);
     assert!(
         line.contains("no CA in") && line.contains("ca.pem"),
@@ -139,24 +146,21 @@ fn issue_refuses_without_a_ca() {
 
 #[test]
 fn init_refuses_to_overwrite_without_force() {
-    let sb = Sandbox::new();
-    let a = sb.aegis();
-    let pki = sb.join("pki");
+    let (_sb, a, pki) = sandbox("pki");
     a.ok(["certs", "init", "--dir", s(&pki)]);
     a.ok(["certs", "issue", "--dir", s(&pki), "--client", "1"]);
-    let before: Vec<Vec<u8>> = ["ca.pem", "ca.key", "server.pem", "server.key"]
-        .iter()
-        .map(|f| read(&pki.join(f)))
-        .collect();
+    let pki_files = || -> Vec<Vec<u8>> {
+        ["ca.pem", "ca.key", "server.pem", "server.key"]
+            .iter()
+            .map(|f| read(&pki.join(f)))
+            .collect()
+    };
+    let before = pki_files();
 
     let line = a.fail(["certs", "init", "--dir", s(&pki)]);
     assert!(line.contains("already exists (use --force"), "{line}");
     assert!(line.contains("ca.pem"), "{line}");
-    let after: Vec<Vec<u8>> = ["ca.pem", "ca.key", "server.pem", "server.key"]
-        .iter()
-        .map(|f| read(&pki.join(f)))
-        .collect();
-    assert_eq!(before, after, "nothing was touched");
+    assert_eq!(before, pki_files(), "nothing was touched");
 
     let out = a.ok(["certs", "init", "--dir", s(&pki), "--force"]);
     let text = stdout_text(&out);
@@ -164,15 +168,12 @@ fn init_refuses_to_overwrite_without_force() {
     assert_ne!(read(&pki.join("ca.key")), before[1], "a new CA");
     assert_eq!(mode(&pki.join("ca.key")), 0o600);
     assert_eq!(mode(&pki.join("server.key")), 0o600);
-    assert_no_scratch(&pki);
-    assert_no_key_in(&text, &pki);
+    assert_clean(&pki, &text);
 }
 
 #[test]
 fn issue_refuses_to_overwrite_without_force_and_reissues_the_server() {
-    let sb = Sandbox::new();
-    let a = sb.aegis();
-    let pki = sb.join("pki");
+    let (_sb, a, pki) = sandbox("pki");
     a.ok(["certs", "init", "--dir", s(&pki), "--san", "fl.internal"]);
     a.ok(["certs", "issue", "--dir", s(&pki), "--client", "5"]);
     let key = read(&pki.join("clients/5.key"));
@@ -216,9 +217,7 @@ fn issue_refuses_to_overwrite_without_force_and_reissues_the_server() {
 
 #[test]
 fn bad_arguments_are_one_line_errors() {
-    let sb = Sandbox::new();
-    let a = sb.aegis();
-    let pki = sb.join("pki");
+    let (sb, a, pki) = sandbox("pki");
     a.ok(["certs", "init", "--dir", s(&pki)]);
     for (args, needle) in [
         (vec!["--client", "x"], "invalid client id"),
@@ -273,9 +272,7 @@ fn openssl_verifies_the_certificates() {
         eprintln!("SKIPPED: openssl is not installed");
         return;
     }
-    let sb = Sandbox::new();
-    let a = sb.aegis();
-    let pki = sb.join("pki");
+    let (_sb, a, pki) = sandbox("pki");
     a.ok(["certs", "init", "--dir", s(&pki)]);
     a.ok(["certs", "issue", "--dir", s(&pki), "--client", "3"]);
     for (cert, purpose) in [("clients/3.pem", "sslclient"), ("server.pem", "sslserver")] {

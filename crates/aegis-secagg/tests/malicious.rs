@@ -13,311 +13,18 @@
 //! message is first put through the wire encoding, so each attack is one a real server could
 //! send. The protocol is described in `docs/secagg.md`.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+mod common;
 
-use aegis_secagg::messages::{Advertisement, RevealedShare, RosterEntry};
+use std::collections::{BTreeMap, BTreeSet};
+
+use aegis_secagg::messages::{Advertisement, EncryptedShare, RevealedShare, RosterEntry};
 use aegis_secagg::{
-    ClientConfig, ClientId, ClientMessage, ClientSession, ClientState, DropReason, Error,
-    IdentityKey, Params, Policy, QuantizedInput, Refusal, ServerEvent, ServerMessage,
-    ServerSession, SessionId, Stage, sim,
+    ClientConfig, ClientId, ClientMessage, ClientSession, ClientState, DropReason, Error, Params,
+    Policy, Refusal, ServerMessage, SessionId, Stage,
 };
 use chacha20::ChaCha20Rng;
+use common::{Batch, Net, find};
 use rand_core::SeedableRng;
-
-type Batch = Vec<(ClientId, ServerMessage)>;
-
-/// One server, `n` clients, and logs of everything that went between them.
-struct Net {
-    params: Params,
-    roster: Vec<RosterEntry>,
-    keys: Vec<Arc<IdentityKey>>,
-    ids: Vec<ClientId>,
-    server: ServerSession,
-    clients: BTreeMap<ClientId, ClientSession>,
-    rngs: BTreeMap<ClientId, ChaCha20Rng>,
-    inputs: BTreeMap<ClientId, QuantizedInput>,
-    /// Every message a client put in its outbox, in order.
-    sent: Vec<(ClientId, ClientMessage)>,
-    /// Every message delivered to a client (after any rewriting), in order.
-    received: Vec<(ClientId, ServerMessage)>,
-    /// Every server event.
-    events: Vec<ServerEvent>,
-}
-
-impl Net {
-    fn new(params: Params, seed: u64) -> Net {
-        Net::with_server_seed(params, seed, seed ^ 0x5e55_1011)
-    }
-
-    /// Clients (identities and inputs) from `roster_seed`, the server (session id) from
-    /// `server_seed`: two nets with the same roster seed are two rounds of the same clients.
-    fn with_server_seed(params: Params, roster_seed: u64, server_seed: u64) -> Net {
-        let (roster, keys) = sim::roster(params.num_clients, roster_seed).unwrap();
-        let ids: Vec<ClientId> = roster.iter().map(|e| e.id).collect();
-        let mut clients = BTreeMap::new();
-        let mut rngs = BTreeMap::new();
-        let mut inputs = BTreeMap::new();
-        for (id, key) in ids.iter().zip(&keys) {
-            let mut rng =
-                ChaCha20Rng::seed_from_u64(server_seed.wrapping_mul(1_000_033).wrapping_add(id.0));
-            let values: Vec<f32> = (0..u64::from(params.vector_len))
-                .map(|j| ((id.0 * 7 + j * 3) % 23) as f32 / 11.0 - 1.0)
-                .collect();
-            let weight = 1 + (id.0 % u64::from(params.max_weight)) as u32;
-            let input = QuantizedInput::quantize(&params, &values, weight, &mut rng).unwrap();
-            // docs/secagg.md §2: the input may be supplied before Setup.
-            let mut c = ClientSession::new(ClientConfig::new(*id, key.clone()));
-            c.set_input(input.clone()).unwrap();
-            clients.insert(*id, c);
-            rngs.insert(*id, rng);
-            inputs.insert(*id, input);
-        }
-        let mut srng = ChaCha20Rng::seed_from_u64(server_seed);
-        let server = ServerSession::start(params.clone(), roster.clone(), &mut srng).unwrap();
-        Net {
-            params,
-            roster,
-            keys,
-            ids,
-            server,
-            clients,
-            rngs,
-            inputs,
-            sent: Vec::new(),
-            received: Vec::new(),
-            events: Vec::new(),
-        }
-    }
-
-    fn t(&self) -> usize {
-        self.params.threshold as usize
-    }
-
-    fn session(&self) -> SessionId {
-        *self.server.session()
-    }
-
-    fn client(&self, id: ClientId) -> &ClientSession {
-        &self.clients[&id]
-    }
-
-    fn neighbours(&self, id: ClientId) -> BTreeSet<ClientId> {
-        self.server.neighbours(id).into_iter().collect()
-    }
-
-    /// Drains the server's outbox.
-    fn server_batch(&mut self) -> Batch {
-        let mut out = Vec::new();
-        while let Some(m) = self.server.poll_outbox() {
-            out.push(m);
-        }
-        out
-    }
-
-    /// Delivers one (possibly rewritten) server message. It must survive the wire encoding
-    /// unchanged (docs/secagg.md §7), so the attack is one a real server can mount.
-    fn deliver(&mut self, to: ClientId, msg: ServerMessage) -> Result<(), Error> {
-        let wire = ServerMessage::decode(&msg.encode()).expect("the attack must be encodable");
-        assert_eq!(wire, msg, "the attack must survive the wire encoding");
-        self.deliver_raw(to, msg)
-    }
-
-    fn deliver_raw(&mut self, to: ClientId, msg: ServerMessage) -> Result<(), Error> {
-        self.received.push((to, msg.clone()));
-        let rng = self.rngs.get_mut(&to).unwrap();
-        self.clients.get_mut(&to).unwrap().handle(msg, rng)
-    }
-
-    fn deliver_honest(&mut self, batch: Batch) {
-        for (to, m) in batch {
-            let kind = m.kind();
-            let r = self.deliver(to, m);
-            assert_eq!(r, Ok(()), "client {to} refused an honest {kind}");
-        }
-    }
-
-    /// Drains one client's outbox (and logs it).
-    fn drain(&mut self, id: ClientId) -> Vec<ClientMessage> {
-        let c = self.clients.get_mut(&id).unwrap();
-        let mut out = Vec::new();
-        while let Some(m) = c.poll_outbox() {
-            out.push(m);
-        }
-        self.sent.extend(out.iter().map(|m| (id, m.clone())));
-        out
-    }
-
-    fn drain_all(&mut self) -> Vec<(ClientId, ClientMessage)> {
-        let ids = self.ids.clone();
-        let mut out = Vec::new();
-        for id in ids {
-            out.extend(self.drain(id).into_iter().map(|m| (id, m)));
-        }
-        out
-    }
-
-    /// Hands client messages to the server, which must never fail on them.
-    fn forward(&mut self, msgs: Vec<(ClientId, ClientMessage)>) {
-        for (from, m) in msgs {
-            let kind = m.kind();
-            let r = self.server.handle(from, m);
-            assert_eq!(r, Ok(()), "the server failed on {kind} from {from}");
-        }
-        self.events.extend(self.server.take_events());
-    }
-
-    /// Runs the round honestly until the server's next batch is of `kind`, and returns that
-    /// batch undelivered.
-    fn advance_to(&mut self, kind: &str) -> Batch {
-        for _ in 0..8 {
-            let batch = self.server_batch();
-            assert!(
-                !batch.is_empty(),
-                "stuck before {kind}: {:?}",
-                self.server.state()
-            );
-            if batch[0].1.kind() == kind {
-                assert!(batch.iter().all(|(_, m)| m.kind() == kind));
-                return batch;
-            }
-            self.deliver_honest(batch);
-            let out = self.drain_all();
-            self.forward(out);
-        }
-        panic!("never reached {kind}");
-    }
-
-    /// Runs the rest of the round honestly (clients already terminal are skipped; a stage
-    /// nobody answers any more ends at the deadline) until the server is terminal.
-    fn finish(&mut self) {
-        for _ in 0..16 {
-            if self.server.is_terminal() {
-                return;
-            }
-            let batch = self.server_batch();
-            if batch.is_empty() {
-                self.server.on_deadline();
-                self.events.extend(self.server.take_events());
-                continue;
-            }
-            for (to, m) in batch {
-                if !self.client(to).is_terminal() {
-                    let kind = m.kind();
-                    let r = self.deliver(to, m);
-                    assert_eq!(r, Ok(()), "client {to} refused an honest {kind}");
-                }
-            }
-            let out = self.drain_all();
-            self.forward(out);
-        }
-        panic!("the round did not end: {:?}", self.server.state());
-    }
-
-    /// The server completed with exactly the sum of its survivors' inputs (docs/secagg.md §6).
-    fn assert_exact_sum(&self, survivors: &[ClientId]) {
-        let agg = self
-            .server
-            .aggregate()
-            .unwrap_or_else(|| panic!("round did not complete: {:?}", self.server.state()));
-        assert_eq!(agg.survivors, survivors);
-        let mut weight = 0u64;
-        let mut sums = vec![0u32; self.params.vector_len as usize];
-        for id in survivors {
-            let v = self.inputs[id].values();
-            weight += u64::from(v[0]);
-            for (s, q) in sums.iter_mut().zip(&v[1..]) {
-                *s = s.wrapping_add(*q);
-            }
-        }
-        assert_eq!(agg.weight_sum, weight);
-        assert_eq!(agg.sums, sums);
-    }
-
-    fn dropped(&self) -> Vec<(ClientId, Stage, DropReason)> {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                ServerEvent::Dropped {
-                    client,
-                    stage,
-                    reason,
-                } => Some((*client, *stage, reason.clone())),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn unmasks(&self) -> Vec<(ClientId, &[RevealedShare], &[RevealedShare])> {
-        self.sent
-            .iter()
-            .filter_map(|(from, m)| match m {
-                ClientMessage::Unmask {
-                    self_mask, keys, ..
-                } => Some((*from, self_mask.as_slice(), keys.as_slice())),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// The global safety property (docs/secagg.md §4, §3): no honest client ever reveals both
-    /// shares of one owner, and for no owner do the honest clients together reveal `t`
-    /// self-mask shares and `t` key shares.
-    fn assert_no_double_reveal(&self) {
-        let mut b: BTreeMap<ClientId, BTreeSet<ClientId>> = BTreeMap::new();
-        let mut s: BTreeMap<ClientId, BTreeSet<ClientId>> = BTreeMap::new();
-        let mut revealers = BTreeSet::new();
-        for (holder, self_mask, keys) in self.unmasks() {
-            assert!(revealers.insert(holder), "client {holder} revealed twice");
-            for r in self_mask {
-                b.entry(r.owner).or_default().insert(holder);
-            }
-            for r in keys {
-                s.entry(r.owner).or_default().insert(holder);
-            }
-        }
-        let t = self.t();
-        for id in &self.ids {
-            let (bs, ss) = (b.get(id).cloned(), s.get(id).cloned());
-            let (bs, ss) = (bs.unwrap_or_default(), ss.unwrap_or_default());
-            let both: Vec<_> = bs.intersection(&ss).collect();
-            assert!(both.is_empty(), "{both:?} revealed both shares of {id}");
-            assert!(
-                bs.len() < t || ss.len() < t,
-                "the server holds {} self-mask shares and {} key shares of {id} (t = {t})",
-                bs.len(),
-                ss.len()
-            );
-        }
-    }
-
-    /// `id` refused with exactly `expected`, stays aborted, and sends nothing.
-    fn assert_refused(&mut self, id: ClientId, res: Result<(), Error>, expected: &Refusal) {
-        self.assert_refused_with(id, res, |r| r == expected);
-        if let ClientState::Aborted(r) = self.client(id).state() {
-            assert_eq!(r, expected);
-        }
-    }
-
-    fn assert_refused_with(
-        &mut self,
-        id: ClientId,
-        res: Result<(), Error>,
-        ok: impl Fn(&Refusal) -> bool,
-    ) {
-        match &res {
-            Err(Error::Refused(r)) => assert!(ok(r), "client {id} refused with {r:?}"),
-            other => panic!("client {id} did not refuse: {other:?}"),
-        }
-        match self.client(id).state() {
-            ClientState::Aborted(r) => {
-                assert_eq!(res, Err(Error::Refused(r.clone())));
-            }
-            s => panic!("client {id} is in {s:?}, not aborted"),
-        }
-        assert!(self.drain(id).is_empty(), "client {id} sent after refusing");
-    }
-}
 
 /// Seven clients on the complete graph: k = 6, t = 4 (docs/secagg.md §3).
 fn complete7() -> Params {
@@ -350,19 +57,19 @@ fn survivors_of(m: &ServerMessage) -> Vec<ClientId> {
     }
 }
 
+/// A ConsistencyRequest of `net`'s session for `survivors`.
+fn consistency_request(net: &Net, survivors: Vec<ClientId>) -> ServerMessage {
+    ServerMessage::ConsistencyRequest {
+        session: net.session(),
+        survivors,
+    }
+}
+
 fn consistency_sig(m: &ClientMessage) -> [u8; 64] {
     match m {
         ClientMessage::Consistency { signature, .. } => *signature,
         other => panic!("expected Consistency, got {}", other.kind()),
     }
-}
-
-fn find(batch: &Batch, id: ClientId) -> ServerMessage {
-    batch
-        .iter()
-        .find(|(to, _)| *to == id)
-        .map(|(_, m)| m.clone())
-        .unwrap_or_else(|| panic!("nothing for {id}"))
 }
 
 /// Sends each client of the ConsistencyRequest batch the set `set_of(id)` and returns, per
@@ -372,17 +79,10 @@ fn split_consistency(
     batch: Batch,
     set_of: impl Fn(ClientId) -> Vec<ClientId>,
 ) -> BTreeMap<ClientId, (Vec<ClientId>, [u8; 64])> {
-    let session = net.session();
     let mut signed = BTreeMap::new();
     for (to, _) in batch {
         let survivors = set_of(to);
-        let r = net.deliver(
-            to,
-            ServerMessage::ConsistencyRequest {
-                session,
-                survivors: survivors.clone(),
-            },
-        );
+        let r = net.deliver(to, consistency_request(net, survivors.clone()));
         assert_eq!(r, Ok(()), "client {to} refused a valid survivor set");
         let out = net.drain(to);
         assert_eq!(out.len(), 1);
@@ -667,33 +367,42 @@ fn request_for_both_shares_of_a_survivor_is_refused_and_the_round_still_complete
     );
 }
 
-#[test]
-fn survivor_set_changed_after_signing_is_refused() {
-    let mut net = Net::new(complete7(), 22);
-    let ids = net.ids.clone();
+/// A consistency signature as an UnmaskRequest carries it: the signer and the signature.
+type Signature = (ClientId, [u8; 64]);
+
+/// Runs to the UnmaskRequest batch and delivers the one for client `me_index` rewritten by
+/// `f(survivors, dropped, signatures)`; returns the net, the client and its answer.
+fn tampered_unmask_request(
+    seed: u64,
+    me_index: usize,
+    f: impl FnOnce(&mut Vec<ClientId>, &mut Vec<ClientId>, &mut Vec<Signature>),
+) -> (Net, ClientId, Result<(), Error>) {
+    let mut net = Net::new(complete7(), seed);
     let batch = net.advance_to("UnmaskRequest");
-    let me = ids[1];
-    let gone = ids[4];
+    let me = net.ids[me_index];
+    let mut m = find(&batch, me);
     let ServerMessage::UnmaskRequest {
-        session,
         survivors,
+        dropped,
         signatures,
         ..
-    } = find(&batch, me)
+    } = &mut m
     else {
         panic!()
     };
-    let smaller: Vec<ClientId> = survivors.iter().copied().filter(|&i| i != gone).collect();
-    let signatures = signatures.into_iter().filter(|(i, _)| *i != gone).collect();
-    let r = net.deliver(
-        me,
-        ServerMessage::UnmaskRequest {
-            session,
-            survivors: smaller,
-            dropped: vec![gone],
-            signatures,
-        },
-    );
+    f(survivors, dropped, signatures);
+    let r = net.deliver(me, m);
+    (net, me, r)
+}
+
+#[test]
+fn survivor_set_changed_after_signing_is_refused() {
+    let (mut net, me, r) = tampered_unmask_request(22, 1, |survivors, dropped, signatures| {
+        let gone = survivors[4];
+        survivors.retain(|&i| i != gone);
+        *dropped = vec![gone];
+        signatures.retain(|(i, _)| *i != gone);
+    });
     net.assert_refused(me, r, &Refusal::InconsistentSurvivors);
     assert!(net.unmasks().is_empty());
 }
@@ -706,13 +415,7 @@ fn survivor_set_grown_after_signing_is_refused() {
     let me = ids[3];
     let gone = ids[6];
     let smaller: Vec<ClientId> = ids.iter().copied().filter(|&i| i != gone).collect();
-    let r = net.deliver(
-        me,
-        ServerMessage::ConsistencyRequest {
-            session: net.session(),
-            survivors: smaller,
-        },
-    );
+    let r = net.deliver(me, consistency_request(&net, smaller));
     assert_eq!(r, Ok(()));
     assert_eq!(net.drain(me).len(), 1);
     // Everybody else signs the full set; the server asks `me` to reveal for the full set.
@@ -740,54 +443,34 @@ fn survivor_set_grown_after_signing_is_refused() {
 // Invalid survivor sets (docs/secagg.md §2 ConsistencyCheck, §3).
 // ---------------------------------------------------------------------------------------------
 
+/// Sends client 0 of a fresh net from `seed` the ConsistencyRequest for `survivors(net)` (as a
+/// struct, past the wire decoder, if `raw`): it must refuse with `BadSurvivors`, signing nothing.
+fn assert_bad_survivors(seed: u64, raw: bool, survivors: impl Fn(&Net) -> Vec<ClientId>) {
+    let mut net = Net::new(complete7(), seed);
+    let _ = net.advance_to("ConsistencyRequest");
+    let me = net.ids[0];
+    let msg = consistency_request(&net, survivors(&net));
+    let r = if raw {
+        net.deliver_raw(me, msg)
+    } else {
+        net.deliver(me, msg)
+    };
+    net.assert_refused_with(me, r, |r| matches!(r, Refusal::BadSurvivors(_)));
+    assert!(net.sent.iter().all(|(_, m)| m.kind() != "Consistency"));
+}
+
 #[test]
 fn invalid_survivor_sets_are_refused() {
-    let session_and_batch = |seed| {
-        let mut net = Net::new(complete7(), seed);
-        let batch = net.advance_to("ConsistencyRequest");
-        (net, batch)
-    };
-    let is_bad = |r: &Refusal| matches!(r, Refusal::BadSurvivors(_));
-
     // Fewer survivors than t (but including the client).
-    let (mut net, _) = session_and_batch(31);
-    let ids = net.ids.clone();
-    let me = ids[0];
-    let survivors = ids[..net.t() - 1].to_vec();
-    let r = net.deliver(
-        me,
-        ServerMessage::ConsistencyRequest {
-            session: net.session(),
-            survivors,
-        },
-    );
-    net.assert_refused_with(me, r, is_bad);
-
+    assert_bad_survivors(31, false, |net| net.ids[..net.t() - 1].to_vec());
     // The client itself missing.
-    let (mut net, _) = session_and_batch(32);
-    let survivors: Vec<ClientId> = ids[1..].to_vec();
-    let r = net.deliver(
-        me,
-        ServerMessage::ConsistencyRequest {
-            session: net.session(),
-            survivors,
-        },
-    );
-    net.assert_refused_with(me, r, is_bad);
-
+    assert_bad_survivors(32, false, |net| net.ids[1..].to_vec());
     // A survivor that is not in the roster.
-    let (mut net, _) = session_and_batch(33);
-    let mut survivors = ids.clone();
-    survivors.push(ClientId(u64::MAX));
-    let r = net.deliver(
-        me,
-        ServerMessage::ConsistencyRequest {
-            session: net.session(),
-            survivors,
-        },
-    );
-    net.assert_refused_with(me, r, is_bad);
-    assert!(net.sent.iter().all(|(_, m)| m.kind() != "Consistency"));
+    assert_bad_survivors(33, false, |net| {
+        let mut survivors = net.ids.clone();
+        survivors.push(ClientId(u64::MAX));
+        survivors
+    });
 }
 
 /// A neighbour listed as a survivor whose shares the server withheld from this client.
@@ -833,13 +516,7 @@ fn survivor_set_with_too_few_neighbours_is_refused() {
         .filter(|i| *i == me || keep.contains(i) || !nb.contains(i))
         .collect();
     assert!(survivors.len() >= net.t());
-    let r = net.deliver(
-        me,
-        ServerMessage::ConsistencyRequest {
-            session: net.session(),
-            survivors,
-        },
-    );
+    let r = net.deliver(me, consistency_request(&net, survivors));
     let want = Refusal::TooFewNeighbours {
         stage: Stage::ConsistencyCheck,
         have: 3,
@@ -853,34 +530,17 @@ fn survivor_set_with_too_few_neighbours_is_refused() {
 /// neighbour to reach the size and neighbour thresholds must be refused there too.
 #[test]
 fn survivor_set_with_repeated_ids_is_refused() {
-    let mut net = Net::new(complete7(), 36);
-    let _ = net.advance_to("ConsistencyRequest");
-    let ids = net.ids.clone();
-    let me = ids[0];
     // Two distinct clients, padded to t = 4 entries and 3 "neighbours" with repeats.
-    let survivors = vec![me, ids[1], ids[1], ids[1], ids[1]];
-    let r = net.deliver_raw(
-        me,
-        ServerMessage::ConsistencyRequest {
-            session: net.session(),
-            survivors,
-        },
-    );
-    net.assert_refused_with(me, r, |r| matches!(r, Refusal::BadSurvivors(_)));
-
+    assert_bad_survivors(36, true, |net| {
+        let ids = &net.ids;
+        vec![ids[0], ids[1], ids[1], ids[1], ids[1]]
+    });
     // An unsorted set (binary searches over it would be meaningless).
-    let mut net = Net::new(complete7(), 37);
-    let _ = net.advance_to("ConsistencyRequest");
-    let mut survivors = net.ids.clone();
-    survivors.swap(1, 2);
-    let r = net.deliver_raw(
-        me,
-        ServerMessage::ConsistencyRequest {
-            session: net.session(),
-            survivors,
-        },
-    );
-    net.assert_refused_with(me, r, |r| matches!(r, Refusal::BadSurvivors(_)));
+    assert_bad_survivors(37, true, |net| {
+        let mut survivors = net.ids.clone();
+        survivors.swap(1, 2);
+        survivors
+    });
 }
 
 /// Likewise for the `dropped` list of an UnmaskRequest handed over as a struct: unsorted or
@@ -896,13 +556,7 @@ fn malformed_dropped_lists_are_refused() {
         let session = net.session();
         let mut sigs = Vec::new();
         for (to, _) in batch.into_iter().filter(|(to, _)| u3.contains(to)) {
-            let r = net.deliver(
-                to,
-                ServerMessage::ConsistencyRequest {
-                    session,
-                    survivors: u3.clone(),
-                },
-            );
+            let r = net.deliver(to, consistency_request(&net, u3.clone()));
             assert_eq!(r, Ok(()));
             sigs.push((to, consistency_sig(&net.drain(to)[0])));
         }
@@ -1050,58 +704,28 @@ fn malformed_advertisement_lists_are_refused() {
 
 #[test]
 fn forged_consistency_signatures_are_refused() {
-    // A flipped bit.
-    let mut net = Net::new(complete7(), 51);
-    let batch = net.advance_to("UnmaskRequest");
-    let me = net.ids[0];
-    let ServerMessage::UnmaskRequest {
-        session,
-        survivors,
-        dropped,
-        mut signatures,
-    } = find(&batch, me)
-    else {
-        panic!()
-    };
-    signatures[3].1[40] ^= 0x01;
-    let forged = signatures[3].0;
-    let r = net.deliver(
-        me,
-        ServerMessage::UnmaskRequest {
-            session,
-            survivors: survivors.clone(),
-            dropped: dropped.clone(),
-            signatures: signatures.clone(),
-        },
-    );
-    net.assert_refused(me, r, &Refusal::BadConsistencySignature(forged));
-
-    // One neighbour's (valid) signature presented as another's.
-    let mut net = Net::new(complete7(), 52);
-    let batch = net.advance_to("UnmaskRequest");
-    let me = net.ids[6];
-    let ServerMessage::UnmaskRequest {
-        session,
-        survivors,
-        dropped,
-        mut signatures,
-    } = find(&batch, me)
-    else {
-        panic!()
-    };
-    signatures[0].1 = signatures[1].1;
-    let forged = signatures[0].0;
-    let r = net.deliver(
-        me,
-        ServerMessage::UnmaskRequest {
-            session,
-            survivors,
-            dropped,
-            signatures,
-        },
-    );
-    net.assert_refused(me, r, &Refusal::BadConsistencySignature(forged));
-    assert!(net.unmasks().is_empty());
+    // A flipped bit; one neighbour's (valid) signature presented as another's.
+    /// Forges one signature in place and returns its claimed signer.
+    type Forge = fn(&mut Vec<Signature>) -> ClientId;
+    let forgeries: [(u64, usize, Forge); 2] = [
+        (51, 0, |signatures| {
+            signatures[3].1[40] ^= 0x01;
+            signatures[3].0
+        }),
+        (52, 6, |signatures| {
+            signatures[0].1 = signatures[1].1;
+            signatures[0].0
+        }),
+    ];
+    for (seed, me_index, forge) in forgeries {
+        let mut forged = None;
+        let (mut net, me, r) = tampered_unmask_request(seed, me_index, |_, _, signatures| {
+            forged = Some(forge(signatures));
+        });
+        let forged = forged.unwrap();
+        net.assert_refused(me, r, &Refusal::BadConsistencySignature(forged));
+        assert!(net.unmasks().is_empty());
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1323,13 +947,14 @@ fn threshold_below_the_clients_minimum_is_refused() {
 // sender; the round goes on).
 // ---------------------------------------------------------------------------------------------
 
-/// Runs a round in which `cheat`'s message of `kind` is rewritten by `f`; checks the server
-/// dropped it for `reason` at `stage` and completed with the exact sum of `survivors`.
+/// Runs a round in which `cheat`'s message of `kind` is rewritten in place by `f`; checks the
+/// server dropped it for `reason` at `stage` and completed with the exact sum of the survivors
+/// (the cheat among them if `cheat_survives`).
 fn cheating_client(
     params: Params,
     seed: u64,
     kind: &str,
-    f: impl Fn(&Net, ClientId, ClientMessage) -> ClientMessage,
+    f: impl Fn(&Net, ClientId, &mut ClientMessage),
     stage: Stage,
     reason: DropReason,
     cheat_survives: bool,
@@ -1350,7 +975,7 @@ fn cheating_client(
         let mut out = net.drain_all();
         for (from, m) in &mut out {
             if *from == cheat && m.kind() == kind {
-                *m = f(&net, cheat, m.clone());
+                f(&net, cheat, m);
                 rewritten = true;
             }
         }
@@ -1382,22 +1007,74 @@ fn cheating_client(
     );
 }
 
-#[test]
-fn server_drops_a_client_message_for_another_session() {
+/// The cheat's Advertise rewritten by `f(net, session, advert)`: dropped at AdvertiseKeys for
+/// `reason`, before its input could count.
+fn cheating_advert(
+    seed: u64,
+    f: impl Fn(&Net, &mut SessionId, &mut Advertisement),
+    reason: DropReason,
+) {
+    let rewrite = |net: &Net, _: ClientId, m: &mut ClientMessage| {
+        let ClientMessage::Advertise { session, advert } = m else {
+            unreachable!()
+        };
+        f(net, session, advert);
+    };
+    let stage = Stage::AdvertiseKeys;
     cheating_client(
         complete7(),
-        81,
+        seed,
         "Advertise",
-        |_, _, m| match m {
-            ClientMessage::Advertise { advert, .. } => ClientMessage::Advertise {
-                session: SessionId([7; 32]),
-                advert,
-            },
-            _ => unreachable!(),
-        },
-        Stage::AdvertiseKeys,
-        DropReason::WrongSession,
+        rewrite,
+        stage,
+        reason,
         false,
+    );
+}
+
+/// The cheat's Shares rewritten by `f(net, cheat, shares)`: dropped at ShareKeys for
+/// `BadShares`, before its input could count.
+fn cheating_shares(
+    params: Params,
+    seed: u64,
+    f: impl Fn(&Net, ClientId, &mut Vec<EncryptedShare>),
+) {
+    let rewrite = |net: &Net, cheat: ClientId, m: &mut ClientMessage| {
+        let ClientMessage::Shares { shares, .. } = m else {
+            unreachable!()
+        };
+        f(net, cheat, shares);
+    };
+    let (stage, reason) = (Stage::ShareKeys, DropReason::BadShares);
+    cheating_client(params, seed, "Shares", rewrite, stage, reason, false);
+}
+
+/// The cheat's Unmask rewritten by `f(net, cheat, self_mask, keys)`: dropped at Unmasking for
+/// `BadUnmaskShares`; its input is already in the sum, so it stays a survivor.
+fn cheating_unmask(
+    params: Params,
+    seed: u64,
+    f: impl Fn(&Net, ClientId, &mut Vec<RevealedShare>, &mut Vec<RevealedShare>),
+) {
+    let rewrite = |net: &Net, cheat: ClientId, m: &mut ClientMessage| {
+        let ClientMessage::Unmask {
+            self_mask, keys, ..
+        } = m
+        else {
+            unreachable!()
+        };
+        f(net, cheat, self_mask, keys);
+    };
+    let (stage, reason) = (Stage::Unmasking, DropReason::BadUnmaskShares);
+    cheating_client(params, seed, "Unmask", rewrite, stage, reason, true);
+}
+
+#[test]
+fn server_drops_a_client_message_for_another_session() {
+    cheating_advert(
+        81,
+        |_, session, _| *session = SessionId([7; 32]),
+        DropReason::WrongSession,
     );
 }
 
@@ -1428,119 +1105,48 @@ fn server_drops_a_replayed_round1_message() {
         vec![(cheat, Stage::ShareKeys, DropReason::WrongSession)]
     );
     net.finish();
-    let survivors: Vec<ClientId> = net.ids.iter().copied().filter(|&i| i != cheat).collect();
+    let survivors: Vec<ClientId> = net.ids_without(cheat);
     net.assert_exact_sum(&survivors);
 }
 
 #[test]
 fn server_drops_a_bad_advert_signature() {
-    cheating_client(
-        complete7(),
+    cheating_advert(
         82,
-        "Advertise",
-        |_, _, m| match m {
-            ClientMessage::Advertise {
-                session,
-                mut advert,
-            } => {
-                advert.signature[0] ^= 0x80;
-                ClientMessage::Advertise { session, advert }
-            }
-            _ => unreachable!(),
-        },
-        Stage::AdvertiseKeys,
+        |_, _, advert| advert.signature[0] ^= 0x80,
         DropReason::BadSignature(Stage::AdvertiseKeys),
-        false,
     );
 }
 
 #[test]
 fn server_drops_an_advert_under_another_id() {
-    cheating_client(
-        complete7(),
+    cheating_advert(
         83,
-        "Advertise",
-        |net, _, m| match m {
-            ClientMessage::Advertise {
-                session,
-                mut advert,
-            } => {
-                advert.id = net.ids[0];
-                ClientMessage::Advertise { session, advert }
-            }
-            _ => unreachable!(),
-        },
-        Stage::AdvertiseKeys,
+        |net, _, advert| advert.id = net.ids[0],
         DropReason::BadSignature(Stage::AdvertiseKeys),
-        false,
     );
 }
 
 #[test]
 fn server_drops_shares_for_the_wrong_neighbours() {
     // A share addressed to a non-neighbour instead of a neighbour (sparse graph).
-    cheating_client(
-        sparse12(),
-        84,
-        "Shares",
-        |net, cheat, m| match m {
-            ClientMessage::Shares {
-                session,
-                mut shares,
-            } => {
-                let nb = net.neighbours(cheat);
-                let stranger = *net
-                    .ids
-                    .iter()
-                    .find(|i| **i != cheat && !nb.contains(i))
-                    .unwrap();
-                shares[0].peer = stranger;
-                ClientMessage::Shares { session, shares }
-            }
-            _ => unreachable!(),
-        },
-        Stage::ShareKeys,
-        DropReason::BadShares,
-        false,
-    );
+    cheating_shares(sparse12(), 84, |net, cheat, shares| {
+        let nb = net.neighbours(cheat);
+        let stranger = *net
+            .ids
+            .iter()
+            .find(|i| **i != cheat && !nb.contains(i))
+            .unwrap();
+        shares[0].peer = stranger;
+    });
     // One neighbour left out.
-    cheating_client(
-        sparse12(),
-        85,
-        "Shares",
-        |_, _, m| match m {
-            ClientMessage::Shares {
-                session,
-                mut shares,
-            } => {
-                shares.pop();
-                ClientMessage::Shares { session, shares }
-            }
-            _ => unreachable!(),
-        },
-        Stage::ShareKeys,
-        DropReason::BadShares,
-        false,
-    );
+    cheating_shares(sparse12(), 85, |_, _, shares| {
+        shares.pop();
+    });
     // A truncated ciphertext.
-    cheating_client(
-        complete7(),
-        86,
-        "Shares",
-        |_, _, m| match m {
-            ClientMessage::Shares {
-                session,
-                mut shares,
-            } => {
-                shares[1].ciphertext.pop();
-                ClientMessage::Shares { session, shares }
-            }
-            _ => unreachable!(),
-        },
-        Stage::ShareKeys,
-        DropReason::BadShares,
-        false,
-    );
+    cheating_shares(complete7(), 86, |_, _, shares| {
+        shares[1].ciphertext.pop();
+    });
 }
 
 #[test]
@@ -1550,19 +1156,15 @@ fn server_drops_a_masked_input_of_the_wrong_length() {
             params,
             87,
             "MaskedInput",
-            move |_, _, m| match m {
-                ClientMessage::MaskedInput {
-                    session,
-                    mut packed,
-                } => {
-                    if extra {
-                        packed.push(0);
-                    } else {
-                        packed.pop();
-                    }
-                    ClientMessage::MaskedInput { session, packed }
+            move |_, _, m| {
+                let ClientMessage::MaskedInput { packed, .. } = m else {
+                    unreachable!()
+                };
+                if extra {
+                    packed.push(0);
+                } else {
+                    packed.pop();
                 }
-                _ => unreachable!(),
             },
             Stage::MaskedInputCollection,
             DropReason::BadMaskedInput,
@@ -1578,15 +1180,11 @@ fn server_drops_a_forged_consistency_signature() {
         complete7(),
         88,
         "Consistency",
-        |_, _, m| match m {
-            ClientMessage::Consistency {
-                session,
-                mut signature,
-            } => {
-                signature[5] ^= 4;
-                ClientMessage::Consistency { session, signature }
-            }
-            _ => unreachable!(),
+        |_, _, m| {
+            let ClientMessage::Consistency { signature, .. } = m else {
+                unreachable!()
+            };
+            signature[5] ^= 4;
         },
         Stage::ConsistencyCheck,
         DropReason::BadSignature(Stage::ConsistencyCheck),
@@ -1597,107 +1195,27 @@ fn server_drops_a_forged_consistency_signature() {
 #[test]
 fn server_drops_unmask_shares_for_peers_it_did_not_ask_about() {
     // A self-mask share of itself (never asked).
-    cheating_client(
-        complete7(),
-        89,
-        "Unmask",
-        |_, cheat, m| match m {
-            ClientMessage::Unmask {
-                session,
-                mut self_mask,
-                keys,
-            } => {
-                let share = self_mask[0].share.clone();
-                self_mask.push(RevealedShare {
-                    owner: cheat,
-                    share,
-                });
-                ClientMessage::Unmask {
-                    session,
-                    self_mask,
-                    keys,
-                }
-            }
-            _ => unreachable!(),
-        },
-        Stage::Unmasking,
-        DropReason::BadUnmaskShares,
-        true,
-    );
+    cheating_unmask(complete7(), 89, |_, cheat, self_mask, _| {
+        let share = self_mask[0].share.clone();
+        self_mask.push(RevealedShare {
+            owner: cheat,
+            share,
+        });
+    });
     // A key share of a survivor (nobody dropped, so no key share was asked for).
-    cheating_client(
-        complete7(),
-        90,
-        "Unmask",
-        |net, _, m| match m {
-            ClientMessage::Unmask {
-                session,
-                self_mask,
-                mut keys,
-            } => {
-                keys.push(RevealedShare {
-                    owner: net.ids[0],
-                    share: self_mask[0].share.clone(),
-                });
-                ClientMessage::Unmask {
-                    session,
-                    self_mask,
-                    keys,
-                }
-            }
-            _ => unreachable!(),
-        },
-        Stage::Unmasking,
-        DropReason::BadUnmaskShares,
-        true,
-    );
+    cheating_unmask(complete7(), 90, |net, _, self_mask, keys| {
+        keys.push(RevealedShare {
+            owner: net.ids[0],
+            share: self_mask[0].share.clone(),
+        });
+    });
     // One asked-for share replaced by a share of a peer it was not asked about (same count).
-    cheating_client(
-        complete7(),
-        92,
-        "Unmask",
-        |_, cheat, m| match m {
-            ClientMessage::Unmask {
-                session,
-                mut self_mask,
-                keys,
-            } => {
-                self_mask[1].owner = cheat;
-                self_mask.sort_by_key(|r| r.owner);
-                ClientMessage::Unmask {
-                    session,
-                    self_mask,
-                    keys,
-                }
-            }
-            _ => unreachable!(),
-        },
-        Stage::Unmasking,
-        DropReason::BadUnmaskShares,
-        true,
-    );
+    cheating_unmask(complete7(), 92, |_, cheat, self_mask, _| {
+        self_mask[1].owner = cheat;
+        self_mask.sort_by_key(|r| r.owner);
+    });
     // A share missing.
-    cheating_client(
-        sparse12(),
-        91,
-        "Unmask",
-        |_, _, m| match m {
-            ClientMessage::Unmask {
-                session,
-                mut self_mask,
-                keys,
-            } => {
-                self_mask.pop();
-                ClientMessage::Unmask {
-                    session,
-                    self_mask,
-                    keys,
-                }
-            }
-            _ => unreachable!(),
-        },
-        Stage::Unmasking,
-        DropReason::BadUnmaskShares,
-        true,
-    );
+    cheating_unmask(sparse12(), 91, |_, _, self_mask, _| {
+        self_mask.pop();
+    });
 }

@@ -14,195 +14,17 @@
 //! later-stage messages drop their sender, unknown senders are errors, deadlines drop the
 //! silent, `cancel` tells everyone, and a finished server accepts nothing.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use aegis_secagg::{
-    AbortReason, ClientConfig, ClientId, ClientMessage, ClientSession, ClientState, DropReason,
-    Error, Params, Policy, QuantizedInput, Refusal, ServerEvent, ServerMessage, ServerSession,
-    ServerState, SessionId, Stage, sim,
+    AbortReason, ClientId, ClientMessage, ClientState, DropReason, Error, Params, Policy,
+    QuantizedInput, Refusal, ServerEvent, ServerMessage, ServerState, SessionId, Stage,
 };
 use chacha20::ChaCha20Rng;
+use common::{Net, find};
 use rand_core::SeedableRng;
-
-type Batch = Vec<(ClientId, ServerMessage)>;
-
-struct Net {
-    params: Params,
-    ids: Vec<ClientId>,
-    server: ServerSession,
-    clients: BTreeMap<ClientId, ClientSession>,
-    rngs: BTreeMap<ClientId, ChaCha20Rng>,
-    inputs: BTreeMap<ClientId, QuantizedInput>,
-    events: Vec<ServerEvent>,
-}
-
-impl Net {
-    /// `n` clients from `seed`; those whose index is in `late` get their input only when the
-    /// test supplies it.
-    fn new(params: Params, seed: u64, late: &[usize]) -> Net {
-        let (roster, keys) = sim::roster(params.num_clients, seed).unwrap();
-        let ids: Vec<ClientId> = roster.iter().map(|e| e.id).collect();
-        let mut clients = BTreeMap::new();
-        let mut rngs = BTreeMap::new();
-        let mut inputs = BTreeMap::new();
-        for (k, (id, key)) in ids.iter().zip(&keys).enumerate() {
-            let mut rng = ChaCha20Rng::seed_from_u64(seed.wrapping_mul(7919).wrapping_add(id.0));
-            let values: Vec<f32> = (0..u64::from(params.vector_len))
-                .map(|j| ((id.0 * 5 + j * 11) % 19) as f32 / 9.0 - 1.0)
-                .collect();
-            let weight = 1 + (id.0 % u64::from(params.max_weight)) as u32;
-            let input = QuantizedInput::quantize(&params, &values, weight, &mut rng).unwrap();
-            let mut c = ClientSession::new(ClientConfig::new(*id, key.clone()));
-            if !late.contains(&k) {
-                c.set_input(input.clone()).unwrap();
-            }
-            clients.insert(*id, c);
-            rngs.insert(*id, rng);
-            inputs.insert(*id, input);
-        }
-        let mut srng = ChaCha20Rng::seed_from_u64(seed ^ 0xface);
-        let server = ServerSession::start(params.clone(), roster, &mut srng).unwrap();
-        Net {
-            params,
-            ids,
-            server,
-            clients,
-            rngs,
-            inputs,
-            events: Vec::new(),
-        }
-    }
-
-    fn session(&self) -> SessionId {
-        *self.server.session()
-    }
-
-    fn client(&self, id: ClientId) -> &ClientSession {
-        &self.clients[&id]
-    }
-
-    fn server_batch(&mut self) -> Batch {
-        let mut out = Vec::new();
-        while let Some(m) = self.server.poll_outbox() {
-            out.push(m);
-        }
-        out
-    }
-
-    fn deliver(&mut self, to: ClientId, msg: ServerMessage) -> Result<(), Error> {
-        let rng = self.rngs.get_mut(&to).unwrap();
-        self.clients.get_mut(&to).unwrap().handle(msg, rng)
-    }
-
-    fn deliver_all(&mut self, batch: Batch) {
-        for (to, m) in batch {
-            let kind = m.kind();
-            assert_eq!(self.deliver(to, m), Ok(()), "{to} refused {kind}");
-        }
-    }
-
-    fn drain(&mut self, id: ClientId) -> Vec<ClientMessage> {
-        let c = self.clients.get_mut(&id).unwrap();
-        let mut out = Vec::new();
-        while let Some(m) = c.poll_outbox() {
-            out.push(m);
-        }
-        out
-    }
-
-    fn drain_all(&mut self) -> Vec<(ClientId, ClientMessage)> {
-        let mut out = Vec::new();
-        for id in self.ids.clone() {
-            out.extend(self.drain(id).into_iter().map(|m| (id, m)));
-        }
-        out
-    }
-
-    fn forward(&mut self, msgs: Vec<(ClientId, ClientMessage)>) {
-        for (from, m) in msgs {
-            assert_eq!(self.server.handle(from, m), Ok(()));
-        }
-        self.take_events();
-    }
-
-    fn take_events(&mut self) -> Vec<ServerEvent> {
-        let new = self.server.take_events();
-        self.events.extend(new.iter().cloned());
-        new
-    }
-
-    /// Runs honestly until the server's next batch is of `kind`; returns it undelivered.
-    fn advance_to(&mut self, kind: &str) -> Batch {
-        for _ in 0..8 {
-            let batch = self.server_batch();
-            assert!(!batch.is_empty(), "stuck before {kind}");
-            if batch[0].1.kind() == kind {
-                return batch;
-            }
-            self.deliver_all(batch);
-            let out = self.drain_all();
-            self.forward(out);
-        }
-        panic!("never reached {kind}");
-    }
-
-    /// Runs the rest of the round honestly (the deadline ends a stage nobody answers).
-    fn finish(&mut self) {
-        for _ in 0..16 {
-            if self.server.is_terminal() {
-                return;
-            }
-            let batch = self.server_batch();
-            if batch.is_empty() {
-                self.server.on_deadline();
-                self.take_events();
-                continue;
-            }
-            for (to, m) in batch {
-                if !self.client(to).is_terminal() {
-                    assert_eq!(self.deliver(to, m), Ok(()));
-                }
-            }
-            let out = self.drain_all();
-            self.forward(out);
-        }
-        panic!("the round did not end");
-    }
-
-    /// The aggregate is exactly the sum of `survivors`' inputs (docs/secagg.md §7 encoding of
-    /// the weight first, then the values).
-    fn assert_exact_sum(&self, survivors: &[ClientId]) {
-        let agg = self
-            .server
-            .aggregate()
-            .unwrap_or_else(|| panic!("not completed: {:?}", self.server.state()));
-        assert_eq!(agg.survivors, survivors);
-        let mut weight = 0u64;
-        let mut sums = vec![0u32; self.params.vector_len as usize];
-        for id in survivors {
-            let v = self.inputs[id].values();
-            weight += u64::from(v[0]);
-            for (s, q) in sums.iter_mut().zip(&v[1..]) {
-                *s = s.wrapping_add(*q);
-            }
-        }
-        assert_eq!((agg.weight_sum, &agg.sums), (weight, &sums));
-    }
-
-    fn dropped(&self) -> Vec<(ClientId, Stage, DropReason)> {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                ServerEvent::Dropped {
-                    client,
-                    stage,
-                    reason,
-                } => Some((*client, *stage, reason.clone())),
-                _ => None,
-            })
-            .collect()
-    }
-}
 
 /// Five clients on the complete graph, k = 4, t = 3 (docs/secagg.md §3).
 fn five() -> Params {
@@ -230,7 +52,7 @@ const KINDS: [&str; 5] = [
 /// Everything client 0 receives in an honest round from `SEED`, by kind. Every net built from
 /// `SEED` has the same session id, graph and messages.
 fn reference() -> BTreeMap<&'static str, ServerMessage> {
-    let mut net = Net::new(five(), SEED, &[]);
+    let mut net = Net::new(five(), SEED);
     let me = net.ids[0];
     let mut seen = BTreeMap::new();
     for _ in 0..8 {
@@ -243,9 +65,7 @@ fn reference() -> BTreeMap<&'static str, ServerMessage> {
                 seen.insert(m.kind(), m.clone());
             }
         }
-        net.deliver_all(batch);
-        let out = net.drain_all();
-        net.forward(out);
+        net.step(batch);
     }
     net.assert_exact_sum(&net.ids.clone());
     assert_eq!(seen.len(), 5);
@@ -304,7 +124,7 @@ const STATES: [&str; 6] = [
 /// so it stops in `ExpectInput` after the MaskedInputRequest; for the later states it gets its
 /// input there).
 fn net_in(state: &str) -> (Net, ClientId) {
-    let mut net = Net::new(five(), SEED, &[0]);
+    let mut net = Net::with_late(five(), SEED, &[0]);
     let me = net.ids[0];
     let upto = match state {
         "input" => "MaskedInputRequest",
@@ -316,15 +136,14 @@ fn net_in(state: &str) -> (Net, ClientId) {
         if batch[0].1.kind() == upto {
             // The batch is drained from the server; only "input" needs it delivered.
             if state == "input" {
-                net.deliver_all(batch);
+                net.deliver_honest(batch);
             }
             reached = true;
             break;
         }
-        net.deliver_all(batch);
+        net.deliver_honest(batch);
         if matches!(net.client(me).state(), ClientState::ExpectInput(_)) {
-            let input = net.inputs[&me].clone();
-            net.clients.get_mut(&me).unwrap().set_input(input).unwrap();
+            net.supply_input(me).unwrap();
         }
         let out = net.drain_all();
         net.forward(out);
@@ -333,16 +152,6 @@ fn net_in(state: &str) -> (Net, ClientId) {
     assert_eq!(net.client(me).state().name(), state);
     assert!(net.drain(me).is_empty());
     (net, me)
-}
-
-fn assert_aborted(net: &mut Net, me: ClientId, r: Result<(), Error>, want: &Refusal) {
-    assert_eq!(r, Err(Error::Refused(want.clone())));
-    match net.client(me).state() {
-        ClientState::Aborted(got) => assert_eq!(got, want),
-        s => panic!("{s:?}"),
-    }
-    assert!(net.client(me).is_terminal());
-    assert!(net.drain(me).is_empty(), "an aborted client sends nothing");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -364,7 +173,7 @@ fn each_client_state_takes_only_its_message_kind() {
                 expected: state,
                 got: kind,
             };
-            assert_aborted(&mut net, me, r, &want);
+            net.assert_refused(me, r, &want);
         }
     }
 }
@@ -391,7 +200,7 @@ fn each_client_state_accepts_its_message_kind() {
 
 #[test]
 fn exact_repeat_of_the_last_accepted_message_is_ignored() {
-    let mut net = Net::new(five(), SEED, &[0]);
+    let mut net = Net::with_late(five(), SEED, &[0]);
     let me = net.ids[0];
     let mut repeats = 0;
     for _ in 0..8 {
@@ -412,8 +221,7 @@ fn exact_repeat_of_the_last_accepted_message_is_ignored() {
             assert!(net.drain(me).is_empty(), "{} re-answered", m.kind());
             repeats += 1;
             if state == "input" {
-                let input = net.inputs[&me].clone();
-                net.clients.get_mut(&me).unwrap().set_input(input).unwrap();
+                net.supply_input(me).unwrap();
                 assert_eq!(net.client(me).state().name(), "ConsistencyRequest");
                 // Still a repeat after the input moved the state on.
                 assert_eq!(net.deliver(me, m), Ok(()));
@@ -464,7 +272,7 @@ fn aborted_is_final() {
         expected: "ConsistencyRequest",
         got: "UnmaskRequest",
     };
-    assert_aborted(&mut net, me, r, &want);
+    net.assert_refused(me, r, &want);
     let session = net.session();
     let mut later: Vec<ServerMessage> = KINDS.iter().map(|k| reference[k].clone()).collect();
     // The refused message itself included (its exact repeat is refused too).
@@ -477,7 +285,7 @@ fn aborted_is_final() {
     for m in later {
         // The genuine ConsistencyRequest too: the refusal is final.
         let r = net.deliver(me, m);
-        assert_aborted(&mut net, me, r, &want);
+        net.assert_refused(me, r, &want);
     }
 }
 
@@ -493,9 +301,9 @@ fn repeat_of_the_refused_message_still_returns_the_refusal() {
         expected: "ShareKeysRequest",
         got: "UnmaskRequest",
     };
-    assert_aborted(&mut net, me, r, &want);
+    net.assert_refused(me, r, &want);
     let r = net.deliver(me, bad);
-    assert_aborted(&mut net, me, r, &want);
+    net.assert_refused(me, r, &want);
 }
 
 #[test]
@@ -510,12 +318,7 @@ fn server_abort_ends_the_session_in_every_state() {
                 reason: "maintenance".into(),
             },
         );
-        assert_aborted(
-            &mut net,
-            me,
-            r,
-            &Refusal::ServerAborted("maintenance".into()),
-        );
+        net.assert_refused(me, r, &Refusal::ServerAborted("maintenance".into()));
     }
     // Before Setup the session is unknown, so an Abort of any session counts.
     let (mut net, me) = net_in("Setup");
@@ -526,7 +329,7 @@ fn server_abort_ends_the_session_in_every_state() {
             reason: "x".into(),
         },
     );
-    assert_aborted(&mut net, me, r, &Refusal::ServerAborted("x".into()));
+    net.assert_refused(me, r, &Refusal::ServerAborted("x".into()));
 }
 
 #[test]
@@ -540,7 +343,7 @@ fn messages_of_another_session_are_refused_in_every_state() {
             state
         };
         let r = net.deliver(me, other_session(&reference[kind]));
-        assert_aborted(&mut net, me, r, &Refusal::WrongSession);
+        net.assert_refused(me, r, &Refusal::WrongSession);
         // An Abort of another session is not this session's abort.
         let (mut net, me) = net_in(state);
         let r = net.deliver(
@@ -550,17 +353,17 @@ fn messages_of_another_session_are_refused_in_every_state() {
                 reason: "other".into(),
             },
         );
-        assert_aborted(&mut net, me, r, &Refusal::WrongSession);
+        net.assert_refused(me, r, &Refusal::WrongSession);
     }
 }
 
 #[test]
 fn set_input_before_setup_and_after_the_masked_input_request() {
     // Client 0 gets its input before Setup (in Net::new), client 1 only in ExpectInput.
-    let mut net = Net::new(five(), 7, &[1]);
+    let mut net = Net::with_late(five(), 7, &[1]);
     let late = net.ids[1];
     let batch = net.advance_to("MaskedInputRequest");
-    net.deliver_all(batch);
+    net.deliver_honest(batch);
     assert_eq!(net.client(late).state().name(), "input");
     assert!(net.drain(late).is_empty());
     // A wrong length is refused without harm.
@@ -593,7 +396,7 @@ fn set_input_before_setup_and_after_the_masked_input_request() {
 
 #[test]
 fn set_input_between_setup_and_the_masked_input_request() {
-    let mut net = Net::new(five(), 8, &[2]);
+    let mut net = Net::with_late(five(), 8, &[2]);
     let me = net.ids[2];
     let batch = net.advance_to("MaskedInputRequest");
     assert_eq!(net.client(me).state().name(), "MaskedInputRequest");
@@ -602,7 +405,7 @@ fn set_input_between_setup_and_the_masked_input_request() {
     assert_eq!(c.set_input(input), Ok(()));
     assert_eq!(c.state().name(), "MaskedInputRequest");
     assert!(c.poll_outbox().is_none());
-    net.deliver_all(batch);
+    net.deliver_honest(batch);
     assert_eq!(net.client(me).state().name(), "ConsistencyRequest");
     let out = net.drain_all();
     net.forward(out);
@@ -616,18 +419,13 @@ fn input_of_the_wrong_length_for_the_round_is_refused_at_setup() {
         vector_len: 9,
         ..five()
     };
-    let mut net = Net::new(five(), 9, &[0]);
+    let mut net = Net::with_late(five(), 9, &[0]);
     let me = net.ids[0];
     let mut rng = ChaCha20Rng::seed_from_u64(2);
     let wrong = QuantizedInput::quantize(&other, &[0.5; 9], 1, &mut rng).unwrap();
     // Before Setup the length cannot be checked yet.
     assert_eq!(net.clients.get_mut(&me).unwrap().set_input(wrong), Ok(()));
-    let setup = net
-        .server_batch()
-        .into_iter()
-        .find(|(to, _)| *to == me)
-        .unwrap()
-        .1;
+    let setup = find(&net.server_batch(), me);
     let r = net.deliver(me, setup);
     assert!(matches!(r, Err(Error::Refused(Refusal::BadParams(_)))));
     assert!(net.drain(me).is_empty(), "no Advertise after the refusal");
@@ -647,12 +445,12 @@ const STAGES: [(Stage, &str); 5] = [
 
 #[test]
 fn server_ignores_repeats_and_earlier_stage_messages() {
-    let mut net = Net::new(five(), 31, &[]);
+    let mut net = Net::new(five(), 31);
     let mut previous: Option<(ClientId, ClientMessage)> = None;
     for (stage, kind) in STAGES {
         let batch = net.advance_to(kind);
         assert_eq!(net.server.state().stage(), Some(stage));
-        net.deliver_all(batch);
+        net.deliver_honest(batch);
         let mut out = net.drain_all();
         let last = out.pop().unwrap();
         let first = out[0].clone();
@@ -698,9 +496,9 @@ fn server_ignores_repeats_and_earlier_stage_messages() {
 /// docs/secagg.md §2: a second, different message for a stage is ignored; the first stays.
 #[test]
 fn server_keeps_the_first_of_two_different_messages() {
-    let mut net = Net::new(five(), 32, &[]);
+    let mut net = Net::new(five(), 32);
     let batch = net.advance_to("ShareKeysRequest");
-    net.deliver_all(batch);
+    net.deliver_honest(batch);
     let out = net.drain_all();
     let (from, first) = out[1].clone();
     let ClientMessage::Shares {
@@ -763,11 +561,11 @@ fn server_drops_a_client_sending_a_later_stage_message() {
         ),
     ];
     for (kind, forge, got) in cases {
-        let mut net = Net::new(seven(), 33, &[]);
+        let mut net = Net::new(seven(), 33);
         let cheat = net.ids[3];
         let batch = net.advance_to(kind);
         let stage = net.server.state().stage().unwrap();
-        net.deliver_all(batch);
+        net.deliver_honest(batch);
         let mut out = net.drain_all();
         let (pos, _) = out
             .iter()
@@ -797,7 +595,7 @@ fn server_drops_a_client_sending_a_later_stage_message() {
         );
         net.forward(out);
         net.finish();
-        let survivors: Vec<ClientId> = net.ids.iter().copied().filter(|&i| i != cheat).collect();
+        let survivors: Vec<ClientId> = net.ids_without(cheat);
         net.assert_exact_sum(&survivors);
         assert_eq!(net.dropped().len(), 1);
     }
@@ -805,7 +603,7 @@ fn server_drops_a_client_sending_a_later_stage_message() {
 
 #[test]
 fn server_returns_unknown_client_for_ids_outside_the_roster() {
-    let mut net = Net::new(five(), 34, &[]);
+    let mut net = Net::new(five(), 34);
     let batch = net.advance_to("ShareKeysRequest");
     let stranger = ClientId(1);
     assert!(!net.ids.contains(&stranger));
@@ -824,9 +622,7 @@ fn server_returns_unknown_client_for_ids_outside_the_roster() {
     assert!(net.take_events().is_empty());
     assert_eq!(net.server.state().stage(), Some(Stage::ShareKeys));
     assert!(net.server.poll_outbox().is_none());
-    net.deliver_all(batch);
-    let out = net.drain_all();
-    net.forward(out);
+    net.step(batch);
     net.finish();
     net.assert_exact_sum(&net.ids.clone());
 }
@@ -834,10 +630,10 @@ fn server_returns_unknown_client_for_ids_outside_the_roster() {
 #[test]
 fn deadline_drops_the_silent_and_moves_on_in_every_stage() {
     for (stage, kind) in STAGES {
-        let mut net = Net::new(seven(), 35, &[]);
+        let mut net = Net::new(seven(), 35);
         let silent = net.ids[5];
         let batch = net.advance_to(kind);
-        net.deliver_all(batch);
+        net.deliver_honest(batch);
         let out: Vec<_> = net
             .drain_all()
             .into_iter()
@@ -868,16 +664,14 @@ fn deadline_drops_the_silent_and_moves_on_in_every_stage() {
             let next = net.server_batch();
             assert_eq!(next.len(), 6);
             assert!(next.iter().all(|(to, _)| *to != silent));
-            net.deliver_all(next);
-            let out = net.drain_all();
-            net.forward(out);
+            net.step(next);
         }
         net.finish();
         // Its input is in the sum once the masked input arrived (docs/secagg.md §2).
         let survivors: Vec<ClientId> = if stage >= Stage::ConsistencyCheck {
             net.ids.clone()
         } else {
-            net.ids.iter().copied().filter(|&i| i != silent).collect()
+            net.ids_without(silent)
         };
         net.assert_exact_sum(&survivors);
         // A deadline on a finished server changes nothing.
@@ -889,9 +683,9 @@ fn deadline_drops_the_silent_and_moves_on_in_every_stage() {
 
 #[test]
 fn deadline_aborts_when_too_few_clients_answer() {
-    let mut net = Net::new(five(), 36, &[]);
+    let mut net = Net::new(five(), 36);
     let batch = net.advance_to("ShareKeysRequest");
-    net.deliver_all(batch);
+    net.deliver_honest(batch);
     let keep = [net.ids[0], net.ids[1]];
     let out: Vec<_> = net
         .drain_all()
@@ -919,11 +713,11 @@ fn deadline_aborts_when_too_few_clients_answer() {
 
 #[test]
 fn cancel_aborts_and_tells_the_live_clients() {
-    let mut net = Net::new(seven(), 37, &[]);
+    let mut net = Net::new(seven(), 37);
     let gone = net.ids[2];
     // Drop one client at the first deadline.
     let batch = net.advance_to("Setup");
-    net.deliver_all(batch);
+    net.deliver_honest(batch);
     let out: Vec<_> = net
         .drain_all()
         .into_iter()
@@ -934,7 +728,7 @@ fn cancel_aborts_and_tells_the_live_clients() {
     net.take_events();
     let pending = net.server_batch();
     assert_eq!(pending[0].1.kind(), "ShareKeysRequest");
-    net.deliver_all(pending);
+    net.deliver_honest(pending);
     // The Shares answers never reach the server.
     assert_eq!(net.drain_all().len(), 6);
 
@@ -946,7 +740,7 @@ fn cancel_aborts_and_tells_the_live_clients() {
     assert!(net.server.is_terminal());
     let aborts = net.server_batch();
     let to: Vec<ClientId> = aborts.iter().map(|(to, _)| *to).collect();
-    let live: Vec<ClientId> = net.ids.iter().copied().filter(|&i| i != gone).collect();
+    let live: Vec<ClientId> = net.ids_without(gone);
     assert_eq!(to, live);
     let reason = AbortReason::Cancelled.to_string();
     for (to, m) in aborts {
@@ -984,7 +778,7 @@ fn cancel_aborts_and_tells_the_live_clients() {
 
 #[test]
 fn completed_server_accepts_nothing() {
-    let mut net = Net::new(five(), 38, &[]);
+    let mut net = Net::new(five(), 38);
     net.finish();
     net.assert_exact_sum(&net.ids.clone());
     let before = net.server.aggregate().cloned();
