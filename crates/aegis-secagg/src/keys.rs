@@ -55,6 +55,19 @@ impl IdentityKey {
     pub fn from_seed(seed: &[u8; 32]) -> Result<IdentityKey, Error> {
         let pair =
             signature::Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| Error::Primitive)?;
+        IdentityKey::from_pair(pair)
+    }
+
+    /// The identity key of an Ed25519 private key in PKCS#8 (v1 or v2) DER, such as the key
+    /// file of a client certificate issued by `aegis-transport`'s development PKI, whose key
+    /// is the client's identity key. A v2 document's public key must match its private key.
+    /// Anything else (another algorithm, malformed DER) is [`Error::Primitive`].
+    pub fn from_pkcs8(der: &[u8]) -> Result<IdentityKey, Error> {
+        let pair = signature::Ed25519KeyPair::from_pkcs8(der).map_err(|_| Error::Primitive)?;
+        IdentityKey::from_pair(pair)
+    }
+
+    fn from_pair(pair: signature::Ed25519KeyPair) -> Result<IdentityKey, Error> {
         let mut public = [0u8; PUBLIC_LEN];
         let pk = pair.public_key().as_ref();
         if pk.len() != PUBLIC_LEN {
@@ -231,4 +244,55 @@ pub(crate) fn open_share(
         .len();
     buf.truncate(n);
     Some(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ed25519 PKCS#8 document (v2 with the public key, or v1) from the provider.
+    fn pkcs8(v2: bool) -> Vec<u8> {
+        signature::Ed25519KeyPair::generate()
+            .and_then(|p| if v2 { p.to_pkcs8() } else { p.to_pkcs8v1() })
+            .map(|d| d.as_ref().to_vec())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn from_pkcs8_loads_the_key_and_signs_with_it() {
+        for v2 in [true, false] {
+            loads(&pkcs8(v2));
+        }
+    }
+
+    fn loads(der: &[u8]) {
+        assert!(!der.is_empty());
+        let key = IdentityKey::from_pkcs8(der);
+        assert!(key.is_ok(), "{key:?}");
+        let Ok(key) = key else { return };
+        let pair = signature::Ed25519KeyPair::from_pkcs8(der);
+        let public = pair.as_ref().map(|p| p.public_key().as_ref().to_vec());
+        assert_eq!(public.ok().as_deref(), Some(key.public().0.as_slice()));
+        let sig = key.sign(b"message");
+        assert!(key.public().verify(b"message", &sig));
+        assert!(!key.public().verify(b"another message", &sig));
+    }
+
+    #[test]
+    fn from_pkcs8_refuses_other_keys_and_garbage() {
+        assert!(IdentityKey::from_pkcs8(&[]).is_err());
+        assert!(IdentityKey::from_pkcs8(b"not a key").is_err());
+        let mut der = pkcs8(true);
+        if let Some(last) = der.last_mut() {
+            *last ^= 1; // the embedded public key no longer matches
+        }
+        assert!(IdentityKey::from_pkcs8(&der).is_err());
+        // An ECDSA P-256 PKCS#8 key is not an identity key.
+        let p256 = signature::EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING)
+            .and_then(|p| p.to_pkcs8v1())
+            .map(|d| d.as_ref().to_vec())
+            .unwrap_or_default();
+        assert!(!p256.is_empty());
+        assert!(IdentityKey::from_pkcs8(&p256).is_err());
+    }
 }

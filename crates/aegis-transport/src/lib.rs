@@ -10,6 +10,9 @@
 //!   connections ([`TlsConn`], with the peer's [`ClientId`]); each handshake runs in its own
 //!   task under a timeout, a bounded number at once, failures dropped.
 //! - [`connect`]: [`Connector`], TCP connect plus handshake for clients.
+//! - [`roster`]: SecAgg identities bound to client certificates — [`CertRosterVerifier`]
+//!   checks a roster entry's certificate against the CA, and [`roster::roster_entry`] builds
+//!   an entry from a connected client's certificate.
 //!
 //! What it does not: gRPC, HTTP, bearer tokens, certificate revocation, or any protocol above
 //! the TLS byte stream. [`TlsIncoming`] is shaped for tonic's `serve_with_incoming` (a
@@ -72,10 +75,12 @@ pub mod connect;
 mod error;
 pub mod identity;
 pub mod pki;
+pub mod roster;
 pub mod tls;
 
 pub use acceptor::{AcceptorConfig, PeerInfo, TlsConn, TlsIncoming};
 pub use connect::Connector;
 pub use error::{Error, Result};
 pub use identity::ClientId;
+pub use roster::CertRosterVerifier;
 pub use tls::{ClientAuth, ClientTls, ServerTls};

@@ -172,7 +172,7 @@ impl ClientTls {
     }
 }
 
-fn root_store(certs: &[CertificateDer<'static>]) -> Result<RootCertStore> {
+pub(crate) fn root_store(certs: &[CertificateDer<'static>]) -> Result<RootCertStore> {
     if certs.is_empty() {
         return Err(Error::Config("no CA certificate to trust".into()));
     }
