@@ -1,0 +1,187 @@
+//! Local training: the [`Trainer`] trait and softmax regression with mini-batch SGD.
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::{BIAS, Model, WEIGHT};
+use crate::rng::SeededRng;
+
+/// What one round of local training returns.
+#[derive(Clone, Debug)]
+pub struct TrainOutput {
+    /// `local − global`, with the global model's names and shapes.
+    pub delta: Model,
+    /// Number of local training examples (the FedAvg weight).
+    pub num_examples: u32,
+    /// Mean cross-entropy of the trained local model on the local data.
+    pub loss: f32,
+    /// Accuracy of the trained local model on the local data.
+    pub accuracy: f32,
+}
+
+/// A client's local training step.
+pub trait Trainer {
+    /// Train starting from `global` and return the update.
+    fn train(&mut self, global: &Model) -> Result<TrainOutput, Error>;
+}
+
+/// Softmax regression trained with mini-batch SGD on cross-entropy.
+#[derive(Clone, Debug)]
+pub struct SoftmaxTrainer {
+    /// Local data.
+    pub data: Dataset,
+    /// Passes over the data per call to [`Trainer::train`].
+    pub epochs: usize,
+    /// Samples per SGD step.
+    pub batch_size: usize,
+    /// SGD step size.
+    pub learning_rate: f32,
+    /// Seed of the per-epoch shuffles (advanced on every call).
+    pub seed: u64,
+}
+
+/// Borrow the `(weight, bias)` values of a softmax-regression model for `data`'s shape.
+fn params<'m>(model: &'m Model, data: &Dataset) -> Result<(&'m [f32], &'m [f32])> {
+    let w = model
+        .tensors
+        .get(WEIGHT)
+        .ok_or_else(|| Error::Shape(format!("model has no {WEIGHT:?} tensor")))?;
+    let b = model
+        .tensors
+        .get(BIAS)
+        .ok_or_else(|| Error::Shape(format!("model has no {BIAS:?} tensor")))?;
+    if w.shape() != [data.classes, data.dim] || b.shape() != [data.classes] {
+        return Err(Error::Shape(format!(
+            "model weight {:?} / bias {:?} do not fit data of dim {} with {} classes",
+            w.shape(),
+            b.shape(),
+            data.dim,
+            data.classes
+        )));
+    }
+    Ok((w.data(), b.data()))
+}
+
+/// Numerically stable softmax of `W·x + b` into `probs`.
+fn forward(w: &[f32], b: &[f32], x: &[f32], probs: &mut [f32]) {
+    let dim = x.len();
+    for ((p, row), bias) in probs.iter_mut().zip(w.chunks_exact(dim)).zip(b) {
+        *p = row.iter().zip(x).map(|(a, v)| a * v).sum::<f32>() + bias;
+    }
+    let max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for p in probs.iter_mut() {
+        *p = (*p - max).exp();
+        sum += *p;
+    }
+    for p in probs.iter_mut() {
+        *p /= sum;
+    }
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
+            if x > bv { (i, x) } else { (bi, bv) }
+        })
+        .0
+}
+
+/// Mean cross-entropy loss and accuracy of a softmax-regression `model` on `data`
+/// (`(0, 0)` for an empty dataset).
+pub fn evaluate(model: &Model, data: &Dataset) -> Result<(f32, f32)> {
+    let (w, b) = params(model, data)?;
+    if data.is_empty() {
+        return Ok((0.0, 0.0));
+    }
+    let mut probs = vec![0.0f32; data.classes];
+    let (mut loss, mut correct) = (0.0f64, 0usize);
+    for (x, &y) in data.features.chunks_exact(data.dim).zip(&data.labels) {
+        forward(w, b, x, &mut probs);
+        let p = probs.get(usize::from(y)).copied().unwrap_or(0.0);
+        loss -= f64::from(p.max(1e-12).ln());
+        correct += usize::from(argmax(&probs) == usize::from(y));
+    }
+    let n = data.len() as f64;
+    #[allow(clippy::cast_possible_truncation)]
+    Ok(((loss / n) as f32, (correct as f64 / n) as f32))
+}
+
+impl Trainer for SoftmaxTrainer {
+    fn train(&mut self, global: &Model) -> Result<TrainOutput, Error> {
+        if self.batch_size == 0 {
+            return Err(Error::InvalidArgument("batch size must be positive".into()));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(Error::InvalidArgument(
+                "learning rate must be positive".into(),
+            ));
+        }
+        let num_examples = u32::try_from(self.data.len())
+            .map_err(|_| Error::InvalidArgument("too many local examples".into()))?;
+        let (w0, b0) = params(global, &self.data)?;
+        let (dim, classes) = (self.data.dim, self.data.classes);
+        let (mut w, mut b) = (w0.to_vec(), b0.to_vec());
+        let mut gw = vec![0.0f32; w.len()];
+        let mut gb = vec![0.0f32; classes];
+        let mut probs = vec![0.0f32; classes];
+        let mut order: Vec<usize> = (0..self.data.len()).collect();
+        let mut rng = SeededRng::new(self.seed);
+        self.seed = rng.next_u64();
+
+        for _ in 0..self.epochs {
+            rng.shuffle(&mut order);
+            for batch in order.chunks(self.batch_size) {
+                gw.fill(0.0);
+                gb.fill(0.0);
+                for &i in batch {
+                    let (Some(x), Some(&y)) = (self.data.sample(i), self.data.labels.get(i)) else {
+                        continue;
+                    };
+                    forward(&w, &b, x, &mut probs);
+                    for (c, ((p, grow), gbc)) in probs
+                        .iter()
+                        .zip(gw.chunks_exact_mut(dim))
+                        .zip(gb.iter_mut())
+                        .enumerate()
+                    {
+                        let g = p - if c == usize::from(y) { 1.0 } else { 0.0 };
+                        *gbc += g;
+                        for (gv, xv) in grow.iter_mut().zip(x) {
+                            *gv += g * xv;
+                        }
+                    }
+                }
+                #[allow(clippy::cast_precision_loss)]
+                let step = self.learning_rate / batch.len() as f32;
+                for (wv, g) in w.iter_mut().zip(&gw) {
+                    *wv -= step * g;
+                }
+                for (bv, g) in b.iter_mut().zip(&gb) {
+                    *bv -= step * g;
+                }
+            }
+        }
+
+        let mut local = global.clone();
+        if let Some(t) = local.tensors.get_mut(WEIGHT) {
+            t.data_mut().copy_from_slice(&w);
+        }
+        if let Some(t) = local.tensors.get_mut(BIAS) {
+            t.data_mut().copy_from_slice(&b);
+        }
+        let (loss, accuracy) = evaluate(&local, &self.data)?;
+        let delta_flat: Vec<f32> = local
+            .flatten()
+            .iter()
+            .zip(global.flatten())
+            .map(|(l, g)| l - g)
+            .collect();
+        Ok(TrainOutput {
+            delta: global.unflatten(&delta_flat)?,
+            num_examples,
+            loss,
+            accuracy,
+        })
+    }
+}
