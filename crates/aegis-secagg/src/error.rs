@@ -68,6 +68,9 @@ pub enum DropReason {
     /// Fewer than `t` live neighbours left: the client cannot take part any more.
     #[error("fewer than the threshold of live neighbours in {0}")]
     TooFewNeighbours(Stage),
+    /// The transport reported the client gone (its connection closed) before it answered.
+    #[error("disconnected in {0}")]
+    Disconnected(Stage),
 }
 
 /// Why a round ended without a result.

@@ -81,6 +81,8 @@ struct Ctx {
     identities: Vec<IdentityPublicKey>,
     neighbours: Vec<Vec<u32>>,
     status: Vec<Status>,
+    /// Clients the transport reported gone; dropped as soon as a stage waits for them.
+    gone: Vec<bool>,
     events: Vec<ServerEvent>,
     outbox: VecDeque<(ClientId, ServerMessage)>,
 }
@@ -270,6 +272,7 @@ impl ServerSession {
             identities: roster.iter().map(|e| e.identity).collect(),
             neighbours,
             status: vec![Status::Live; n as usize],
+            gone: vec![false; n as usize],
             events: Vec::new(),
             outbox: VecDeque::new(),
         };
@@ -490,6 +493,38 @@ impl ServerSession {
         self.advance();
     }
 
+    /// The transport says `client`'s connection is gone: it will send nothing more. A client
+    /// that has not answered the current stage is dropped now (reason
+    /// [`DropReason::Disconnected`]), so the stage need not wait for its deadline; one that has
+    /// answered keeps its contribution to this stage and is dropped when the next stage starts.
+    /// Unknown clients and ended rounds are ignored.
+    pub fn disconnected(&mut self, client: ClientId) {
+        let Some(i) = index_of(&self.ctx.ids, client) else {
+            return;
+        };
+        if let Some(g) = self.ctx.gone.get_mut(i as usize) {
+            *g = true;
+        }
+        self.drop_gone();
+    }
+
+    /// Drops the gone clients the current stage is waiting for, then advances if nobody else
+    /// is awaited.
+    fn drop_gone(&mut self) {
+        let Some(stage) = self.state.stage() else {
+            return;
+        };
+        for i in 0..self.ctx.n() {
+            if self.ctx.gone.get(i as usize) == Some(&true)
+                && self.ctx.live(i)
+                && !self.answered(i)
+            {
+                self.ctx.drop_client(i, stage, DropReason::Disconnected(stage));
+            }
+        }
+        self.advance_if_complete();
+    }
+
     /// Ends the round now; live clients are told.
     pub fn cancel(&mut self) {
         if !self.is_terminal() {
@@ -555,7 +590,12 @@ impl ServerSession {
             done => Ok(done),
         };
         match next {
-            Ok(state) => self.state = state,
+            Ok(state) => {
+                self.state = state;
+                if self.ctx.gone.contains(&true) {
+                    self.drop_gone();
+                }
+            }
             Err(reason) => self.abort(reason),
         }
     }

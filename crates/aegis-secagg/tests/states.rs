@@ -682,6 +682,77 @@ fn deadline_drops_the_silent_and_moves_on_in_every_stage() {
 }
 
 #[test]
+fn a_disconnect_ends_the_wait_without_a_deadline_in_every_stage() {
+    for (stage, kind) in STAGES {
+        let mut net = Net::new(seven(), 37);
+        let gone = net.ids[5];
+        let batch = net.advance_to(kind);
+        net.deliver_honest(batch);
+        let out: Vec<_> = net
+            .drain_all()
+            .into_iter()
+            .filter(|(id, _)| *id != gone)
+            .collect();
+        net.forward(out);
+        assert_eq!(net.server.state().stage(), Some(stage));
+        // No deadline: the transport reports the connection closed.
+        net.server.disconnected(gone);
+        let ev = net.take_events();
+        assert_eq!(
+            ev[..2],
+            [
+                ServerEvent::Dropped {
+                    client: gone,
+                    stage,
+                    reason: DropReason::Disconnected(stage),
+                },
+                ServerEvent::StageDone { stage, answered: 6 },
+            ]
+        );
+        if stage != Stage::Unmasking {
+            assert!(net.server.state().stage() > Some(stage));
+            let next = net.server_batch();
+            net.step(next);
+        }
+        net.finish();
+        let survivors: Vec<ClientId> = if stage >= Stage::ConsistencyCheck {
+            net.ids.clone()
+        } else {
+            net.ids_without(gone)
+        };
+        net.assert_exact_sum(&survivors);
+        // Reports after the end, and of strangers, change nothing.
+        net.server.disconnected(gone);
+        net.server.disconnected(ClientId(1));
+        assert!(net.take_events().is_empty());
+    }
+}
+
+#[test]
+fn a_client_that_answered_then_disconnected_is_dropped_when_the_next_stage_starts() {
+    let mut net = Net::new(seven(), 38);
+    let gone = net.ids[2];
+    // Everybody advertises; then `gone` disconnects: its advert stands, and ShareKeys does
+    // not wait for it.
+    let batch = net.advance_to("ShareKeysRequest");
+    assert_eq!(net.server.state().stage(), Some(Stage::ShareKeys));
+    net.server.disconnected(gone);
+    assert!(!net.server.is_live(gone));
+    assert_eq!(
+        net.take_events(),
+        [ServerEvent::Dropped {
+            client: gone,
+            stage: Stage::ShareKeys,
+            reason: DropReason::Disconnected(Stage::ShareKeys),
+        }]
+    );
+    let batch: Vec<_> = batch.into_iter().filter(|(to, _)| *to != gone).collect();
+    net.step(batch);
+    net.finish();
+    net.assert_exact_sum(&net.ids_without(gone));
+}
+
+#[test]
 fn deadline_aborts_when_too_few_clients_answer() {
     let mut net = Net::new(five(), 36);
     let batch = net.advance_to("ShareKeysRequest");
