@@ -45,6 +45,18 @@ pub enum Error {
     /// An argument is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The connection to the server failed or was refused.
+    #[error("connection: {0}")]
+    Connection(String),
+    /// The server broke the protocol (or refused this client).
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// Secure aggregation refused the server's request or failed.
+    #[error("secure aggregation: {0}")]
+    SecAgg(#[from] aegis_secagg::Error),
+    /// An external training command failed.
+    #[error("training command: {0}")]
+    TrainCommand(String),
 }
 
 /// `Result` with this crate's [`Error`].

@@ -19,6 +19,7 @@
 pub mod data;
 pub mod error;
 pub mod model;
+pub mod net;
 mod rng;
 pub mod trainer;
 

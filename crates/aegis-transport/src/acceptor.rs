@@ -53,12 +53,15 @@ impl Default for AcceptorConfig {
 
 /// What the server knows of a connection's peer. With the `tonic` feature, tonic puts it in
 /// every request's extensions (`request.extensions().get::<PeerInfo>()`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerInfo {
     /// The peer's address.
     pub remote_addr: SocketAddr,
     /// The client its certificate names, if any (see [`TlsConn::client_id`]).
     pub client_id: Option<ClientId>,
+    /// The peer's end-entity certificate, verified against the CA during the handshake (for
+    /// example to bind a SecAgg identity to it, [`crate::roster::roster_entry`]).
+    pub certificate: Option<CertificateDer<'static>>,
 }
 
 /// An established server-side TLS connection: the stream, the peer address and the client
@@ -89,6 +92,10 @@ impl TlsConn {
         PeerInfo {
             remote_addr: self.remote_addr,
             client_id: self.client_id,
+            certificate: self
+                .peer_certificates()
+                .and_then(<[_]>::first)
+                .cloned(),
         }
     }
 

@@ -58,6 +58,18 @@ impl ClientId {
     }
 }
 
+impl From<aegis_secagg::ClientId> for ClientId {
+    fn from(id: aegis_secagg::ClientId) -> Self {
+        ClientId(id.0)
+    }
+}
+
+impl From<ClientId> for aegis_secagg::ClientId {
+    fn from(id: ClientId) -> Self {
+        aegis_secagg::ClientId(id.0)
+    }
+}
+
 impl fmt::Display for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

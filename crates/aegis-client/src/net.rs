@@ -1,0 +1,521 @@
+//! Joining a federation: one gRPC stream to the server over TLS 1.3, authenticated by the
+//! client certificate and/or a bearer token; per round, the global model arrives, the
+//! [`Trainer`] runs while the SecAgg+ key exchange goes on, and the update leaves only masked.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aegis_crypto::primitives::digest;
+use aegis_proto::v1::client_frame::Kind as ClientKind;
+use aegis_proto::v1::federation_client::FederationClient;
+use aegis_proto::v1::server_frame::Kind as ServerKind;
+use aegis_proto::v1::{ClientFrame, Decline, Hello, RoundEnd, RoundStart, TrainReport};
+use aegis_secagg::messages::ServerMessage;
+use aegis_secagg::{
+    ClientConfig, ClientId, ClientSession, ClientState, IdentityKey, QuantizedInput,
+    RosterVerifier, Stage,
+};
+use aegis_transport::Connector;
+use bytes::Bytes;
+use chacha20::ChaCha20Rng;
+use rand_core::SeedableRng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::trainer::{TrainOutput, Trainer};
+
+/// Default limit on one gRPC message (a masked input of 16 M parameters fits).
+pub const DEFAULT_MAX_MESSAGE: usize = 64 << 20;
+
+/// Leave at a given point, as if the process died there (for fault drills and the demo).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropAt {
+    /// Round (1-based).
+    pub round: u32,
+    /// The stage whose request makes the client leave, without answering it.
+    pub stage: Stage,
+}
+
+/// How to reach and authenticate to the server.
+#[derive(Clone)]
+pub struct ClientOptions {
+    /// `host:port` of the server.
+    pub server: String,
+    /// Name the server certificate must carry (`localhost` for the development PKI).
+    pub server_name: String,
+    /// TLS 1.3 configuration ([`aegis_transport::ClientTls`]), with the client certificate
+    /// when the server wants one.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Bearer token, when the server accepts tokens.
+    pub token: Option<zeroize::Zeroizing<String>>,
+    /// This client's id (the certificate's or the token's).
+    pub id: ClientId,
+    /// The key SecAgg messages are signed with: the certificate's key, or the key registered
+    /// with the token.
+    pub identity: Arc<IdentityKey>,
+    /// Checks the roster the server sends (`CertRosterVerifier` with certificates).
+    pub verifier: Arc<dyn RosterVerifier>,
+    /// Largest gRPC message sent or accepted.
+    pub max_message: usize,
+    /// TCP connect + TLS handshake time limit.
+    pub connect_timeout: Duration,
+    /// Fault drill: leave at this point.
+    pub drop_at: Option<DropAt>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("server", &self.server)
+            .field("id", &self.id)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one round looked like from this client.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundReport {
+    /// Round number.
+    pub round: u32,
+    /// Whether the round completed.
+    pub completed: bool,
+    /// Whether this client's update is in the aggregate.
+    pub included: bool,
+    /// The server's reason when it aborted.
+    pub reason: String,
+    /// Local metrics, if training ran.
+    pub loss: Option<f32>,
+    /// See `loss`.
+    pub accuracy: Option<f32>,
+}
+
+/// How a client's participation ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Exit {
+    /// The server ended the stream (the job is over, or the server shut down).
+    ServerClosed,
+    /// The client left on purpose ([`ClientOptions::drop_at`]).
+    Dropped(DropAt),
+}
+
+/// Summary of a client's run.
+#[derive(Clone, Debug)]
+pub struct ClientSummary {
+    /// How it ended.
+    pub exit: Exit,
+    /// The job the server ran.
+    pub job_id: String,
+    /// Every round this client was sampled into.
+    pub rounds: Vec<RoundReport>,
+}
+
+/// TCP + TLS 1.3 for tonic: our rustls connector, whatever the URI.
+#[derive(Clone)]
+struct TlsConnector {
+    connector: Connector,
+    addr: String,
+    server_name: String,
+}
+
+impl tower_service::Service<Uri> for TlsConnector {
+    type Response = hyper_util::rt::TokioIo<
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    >;
+    type Error = aegis_transport::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tls = this
+                .connector
+                .connect(this.addr.as_str(), &this.server_name)
+                .await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}
+
+/// Opens an HTTP/2 channel to the server over TLS 1.3.
+pub async fn connect(opts: &ClientOptions) -> Result<Channel> {
+    let connector = TlsConnector {
+        connector: Connector::new(Arc::clone(&opts.tls)).with_timeout(opts.connect_timeout),
+        addr: opts.server.clone(),
+        server_name: opts.server_name.clone(),
+    };
+    let uri = format!("https://{}", opts.server);
+    Endpoint::from_shared(uri)
+        .map_err(|e| Error::InvalidArgument(format!("server address {:?}: {e}", opts.server)))?
+        .initial_stream_window_size(Some(1 << 20))
+        .initial_connection_window_size(Some(2 << 20))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .tcp_nodelay(true)
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| Error::Connection(format!("{}: {}", opts.server, error_chain(&e))))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+fn status_error(s: &tonic::Status) -> Error {
+    let text = if s.message().is_empty() {
+        format!("{:?}", s.code())
+    } else {
+        format!("{:?}: {}", s.code(), s.message())
+    };
+    match s.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            Error::Protocol(format!("refused by the server: {text}"))
+        }
+        _ => Error::Connection(text),
+    }
+}
+
+fn os_rng() -> Result<ChaCha20Rng> {
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(&mut seed[..])
+        .map_err(|e| Error::InvalidArgument(format!("OS randomness: {e}")))?;
+    Ok(ChaCha20Rng::from_seed(*seed))
+}
+
+/// The stage a server message asks for.
+fn stage_of(bytes: &[u8]) -> Option<Stage> {
+    match ServerMessage::decode(bytes).ok()? {
+        ServerMessage::Setup { .. } => Some(Stage::AdvertiseKeys),
+        ServerMessage::ShareKeysRequest { .. } => Some(Stage::ShareKeys),
+        ServerMessage::MaskedInputRequest { .. } => Some(Stage::MaskedInputCollection),
+        ServerMessage::ConsistencyRequest { .. } => Some(Stage::ConsistencyCheck),
+        ServerMessage::UnmaskRequest { .. } => Some(Stage::Unmasking),
+        _ => None,
+    }
+}
+
+type Training = tokio::task::JoinHandle<Result<TrainOutput>>;
+
+/// One round in progress.
+struct Round {
+    start: RoundStart,
+    model: Vec<u8>,
+    global: Option<Arc<Model>>,
+    session: Option<ClientSession>,
+    training: Option<Training>,
+    trained: Option<TrainOutput>,
+    input_set: bool,
+    failed: bool,
+}
+
+/// Joins the server and takes part in rounds until the server ends the stream.
+pub async fn run<T: Trainer + Send + 'static>(
+    opts: ClientOptions,
+    trainer: T,
+) -> Result<ClientSummary> {
+    let channel = connect(&opts).await?;
+    let mut grpc = FederationClient::new(channel)
+        .max_decoding_message_size(opts.max_message)
+        .max_encoding_message_size(opts.max_message);
+    let (tx, rx) = mpsc::channel::<ClientFrame>(16);
+    let hello = ClientFrame {
+        kind: Some(ClientKind::Hello(Hello {
+            protocol: aegis_proto::PROTOCOL,
+            agent: format!("aegis-client/{}", env!("CARGO_PKG_VERSION")),
+        })),
+    };
+    tx.send(hello)
+        .await
+        .map_err(|_| Error::Connection("stream closed".into()))?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = &opts.token {
+        let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("Bearer {}", token.as_str())
+                .parse()
+                .map_err(|_| Error::InvalidArgument("the token is not printable ASCII".into()))?;
+        value.set_sensitive(true);
+        request.metadata_mut().insert("authorization", value);
+    }
+    let mut inbound = grpc
+        .join(request)
+        .await
+        .map_err(|s| status_error(&s))?
+        .into_inner();
+    let welcome = match inbound.message().await.map_err(|s| status_error(&s))? {
+        Some(f) => match f.kind {
+            Some(ServerKind::Welcome(w)) => w,
+            _ => return Err(Error::Protocol("the server did not answer Hello".into())),
+        },
+        None => return Err(Error::Protocol("the server closed the stream".into())),
+    };
+    if welcome.client_id != opts.id.0 {
+        return Err(Error::Protocol(format!(
+            "the server authenticated this client as {}, expected {}",
+            welcome.client_id, opts.id
+        )));
+    }
+    tracing::info!(client = %opts.id, job = %welcome.job_id, "joined");
+
+    let trainer = Arc::new(Mutex::new(trainer));
+    let mut rng = Some(os_rng()?);
+    let mut round: Option<Round> = None;
+    let mut reports = Vec::new();
+    let send = |frame: ClientFrame| {
+        let tx = tx.clone();
+        async move {
+            tx.send(frame)
+                .await
+                .map_err(|_| Error::Connection("stream closed".into()))
+        }
+    };
+    loop {
+        let frame = match inbound.message().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(s) => return Err(status_error(&s)),
+        };
+        match frame.kind {
+            Some(ServerKind::Round(start)) => {
+                tracing::debug!(round = start.round, "round announced");
+                let config = ClientConfig {
+                    verifier: Arc::clone(&opts.verifier),
+                    ..ClientConfig::new(opts.id, Arc::clone(&opts.identity))
+                };
+                let cap = usize::try_from(start.model_len).unwrap_or(usize::MAX);
+                if cap > opts.max_message.saturating_mul(64) {
+                    return Err(Error::Protocol(format!(
+                        "model of {cap} bytes is beyond this client's limit"
+                    )));
+                }
+                round = Some(Round {
+                    model: Vec::with_capacity(cap),
+                    start,
+                    global: None,
+                    session: Some(ClientSession::new(config)),
+                    training: None,
+                    trained: None,
+                    input_set: false,
+                    failed: false,
+                });
+            }
+            Some(ServerKind::Model(chunk)) => {
+                let Some(r) = round.as_mut() else {
+                    return Err(Error::Protocol("model data outside a round".into()));
+                };
+                if (r.model.len() + chunk.data.len()) as u64 > r.start.model_len {
+                    return Err(Error::Protocol("more model bytes than announced".into()));
+                }
+                r.model.extend_from_slice(&chunk.data);
+                if r.model.len() as u64 == r.start.model_len {
+                    let sha = digest::digest(&digest::SHA256, &r.model);
+                    if sha.as_ref() != r.start.model_sha256.as_ref() {
+                        return Err(Error::Protocol("the global model's SHA-256 differs".into()));
+                    }
+                    let global = Arc::new(Model::from_safetensors(&r.model)?);
+                    r.model = Vec::new();
+                    r.global = Some(Arc::clone(&global));
+                    let trainer = Arc::clone(&trainer);
+                    r.training = Some(tokio::task::spawn_blocking(move || {
+                        let mut t = trainer
+                            .lock()
+                            .map_err(|_| Error::InvalidArgument("trainer poisoned".into()))?;
+                        t.train(&global)
+                    }));
+                }
+            }
+            Some(ServerKind::Secagg(bytes)) => {
+                let Some(r) = round.as_mut() else {
+                    continue;
+                };
+                if r.failed {
+                    continue;
+                }
+                if let Some(drop) = opts.drop_at
+                    && drop.round == r.start.round
+                    && stage_of(&bytes) == Some(drop.stage)
+                {
+                    tracing::info!(round = drop.round, stage = %drop.stage, "leaving (fault drill)");
+                    return Ok(ClientSummary {
+                        exit: Exit::Dropped(drop),
+                        job_id: welcome.job_id,
+                        rounds: reports,
+                    });
+                }
+                let outcome = step(r, &mut rng, bytes, &send).await;
+                if let Err(e) = outcome {
+                    tracing::warn!(round = r.start.round, error = %e, "left the round");
+                    r.failed = true;
+                    if let Some(t) = r.training.take() {
+                        t.abort();
+                    }
+                }
+            }
+            Some(ServerKind::End(end)) => {
+                let r = round.take();
+                reports.push(finish(end, r.as_ref()));
+            }
+            Some(ServerKind::Welcome(_)) | None => {
+                return Err(Error::Protocol("unexpected frame from the server".into()));
+            }
+        }
+    }
+    Ok(ClientSummary {
+        exit: Exit::ServerClosed,
+        job_id: welcome.job_id,
+        rounds: reports,
+    })
+}
+
+fn finish(end: RoundEnd, r: Option<&Round>) -> RoundReport {
+    let trained = r.and_then(|r| r.trained.as_ref());
+    let report = RoundReport {
+        round: end.round,
+        completed: end.completed,
+        included: end.included,
+        reason: end.reason,
+        loss: trained.map(|t| t.loss),
+        accuracy: trained.map(|t| t.accuracy),
+    };
+    tracing::info!(
+        round = report.round,
+        completed = report.completed,
+        included = report.included,
+        reason = %report.reason,
+        "round ended"
+    );
+    report
+}
+
+/// Handles one SecAgg message: advances the session, supplies the input when asked, and
+/// sends what the session produced.
+async fn step<S, F>(
+    r: &mut Round,
+    rng: &mut Option<ChaCha20Rng>,
+    bytes: Bytes,
+    send: &S,
+) -> Result<()>
+where
+    S: Fn(ClientFrame) -> F,
+    F: std::future::Future<Output = Result<()>>,
+{
+    let mut session = r
+        .session
+        .take()
+        .ok_or_else(|| Error::Protocol("no session".into()))?;
+    let mut g = rng
+        .take()
+        .ok_or_else(|| Error::Protocol("no randomness".into()))?;
+    let (session, g, res) = tokio::task::spawn_blocking(move || {
+        let res = session.handle_bytes(&bytes, &mut g);
+        (session, g, res)
+    })
+    .await
+    .map_err(|e| Error::Protocol(format!("secure aggregation task: {e}")))?;
+    *rng = Some(g);
+    r.session = Some(session);
+    res?;
+    if !r.input_set
+        && matches!(
+            r.session.as_ref().map(ClientSession::state),
+            Some(ClientState::ExpectInput(_))
+        )
+    {
+        supply_input(r, rng, send).await?;
+    }
+    if let Some(session) = r.session.as_mut() {
+        while let Some(msg) = session.poll_outbox() {
+            send(ClientFrame {
+                kind: Some(ClientKind::Secagg(Bytes::from(msg.encode()))),
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits for training, reports its metrics, quantizes the update and hands it to the session
+/// (which masks it).
+async fn supply_input<S, F>(r: &mut Round, rng: &mut Option<ChaCha20Rng>, send: &S) -> Result<()>
+where
+    S: Fn(ClientFrame) -> F,
+    F: std::future::Future<Output = Result<()>>,
+{
+    let round = r.start.round;
+    let started = Instant::now();
+    let training = r
+        .training
+        .take()
+        .ok_or_else(|| Error::Protocol("masked input requested before the model".into()))?;
+    let out = match training.await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            let _ = send(ClientFrame {
+                kind: Some(ClientKind::Decline(Decline {
+                    round,
+                    reason: format!("training failed: {e}"),
+                })),
+            })
+            .await;
+            return Err(e);
+        }
+        Err(e) => return Err(Error::TrainCommand(format!("training task: {e}"))),
+    };
+    let mut session = r
+        .session
+        .take()
+        .ok_or_else(|| Error::Protocol("no session".into()))?;
+    let mut g = rng
+        .take()
+        .ok_or_else(|| Error::Protocol("no randomness".into()))?;
+    let params = session
+        .params()
+        .cloned()
+        .ok_or_else(|| Error::Protocol("no parameters".into()))?;
+    let weight = out.num_examples.min(params.max_weight);
+    send(ClientFrame {
+        kind: Some(ClientKind::Report(TrainReport {
+            round,
+            num_examples: u64::from(weight),
+            loss: out.loss,
+            accuracy: out.accuracy,
+            train_seconds: started.elapsed().as_secs_f32(),
+        })),
+    })
+    .await?;
+    let delta = out.delta.flatten();
+    let (session, g, res) = tokio::task::spawn_blocking(move || {
+        let res = QuantizedInput::quantize(&params, &delta, weight, &mut g)
+            .and_then(|input| session.set_input(input));
+        (session, g, res)
+    })
+    .await
+    .map_err(|e| Error::Protocol(format!("masking task: {e}")))?;
+    *rng = Some(g);
+    r.session = Some(session);
+    r.trained = Some(out);
+    r.input_set = true;
+    res?;
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! The gRPC service: authenticates each `Join` stream, keeps the registry of connected
+//! clients, and turns their frames into events for the round runner.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aegis_proto::v1::client_frame::Kind as ClientKind;
+use aegis_proto::v1::federation_server::Federation;
+use aegis_proto::v1::server_frame::Kind as ServerKind;
+use aegis_proto::v1::{ClientFrame, ServerFrame, Welcome};
+use aegis_secagg::ClientId;
+use aegis_transport::PeerInfo;
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::{Identity, TokenTable, authenticate};
+
+/// Frames queued for one client at most; a client that lets its queue fill up is too slow and
+/// is disconnected (the round treats it as a dropout).
+pub(crate) const OUTBOUND_QUEUE: usize = 64;
+
+/// What the service tells the round runner.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A frame from a connected client (`seq` names the connection).
+    Frame {
+        id: ClientId,
+        seq: u64,
+        frame: ClientFrame,
+        len: usize,
+    },
+    /// A client's connection closed.
+    Closed { id: ClientId, seq: u64 },
+}
+
+/// A connected client.
+pub(crate) struct Conn {
+    pub(crate) seq: u64,
+    pub(crate) tx: mpsc::Sender<Result<ServerFrame, Status>>,
+    pub(crate) identity: Identity,
+}
+
+/// State the service and the runner share.
+pub(crate) struct Shared {
+    conns: Mutex<HashMap<ClientId, Conn>>,
+    pub(crate) events: mpsc::Sender<Event>,
+    next_seq: AtomicU64,
+    tokens: Option<TokenTable>,
+    hello_timeout: Duration,
+    max_clients: usize,
+    job_id: String,
+}
+
+/// Why a frame could not be queued for a client.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SendError {
+    /// No such connection any more (closed, or replaced by a reconnect).
+    Gone,
+    /// Its queue is full.
+    Slow,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        events: mpsc::Sender<Event>,
+        tokens: Option<TokenTable>,
+        hello_timeout: Duration,
+        max_clients: usize,
+        job_id: String,
+    ) -> Shared {
+        Shared {
+            conns: Mutex::new(HashMap::new()),
+            events,
+            next_seq: AtomicU64::new(1),
+            tokens,
+            hello_timeout,
+            max_clients,
+            job_id,
+        }
+    }
+
+    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, Conn>> {
+        // A panic while holding the lock cannot leave the map half-updated (single inserts and
+        // removes), so a poisoned lock is still usable.
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a connection; a newer connection of the same client replaces the older one
+    /// (whose stream then ends).
+    fn register(
+        &self,
+        identity: Identity,
+        tx: mpsc::Sender<Result<ServerFrame, Status>>,
+    ) -> Result<u64, Status> {
+        let mut conns = self.conns();
+        if conns.len() >= self.max_clients && !conns.contains_key(&identity.id) {
+            return Err(Status::resource_exhausted("the server has its maximum of clients"));
+        }
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let id = identity.id;
+        if conns.insert(id, Conn { seq, tx, identity }).is_some() {
+            tracing::info!(client = %id, "client reconnected; the older connection is closed");
+        }
+        Ok(seq)
+    }
+
+    fn unregister(&self, id: ClientId, seq: u64) {
+        let mut conns = self.conns();
+        if conns.get(&id).is_some_and(|c| c.seq == seq) {
+            conns.remove(&id);
+        }
+    }
+
+    /// The connected clients: id, connection, roster entry.
+    pub(crate) fn snapshot(&self) -> Vec<(ClientId, u64, aegis_secagg::messages::RosterEntry)> {
+        self.conns()
+            .iter()
+            .map(|(id, c)| (*id, c.seq, c.identity.entry.clone()))
+            .collect()
+    }
+
+    /// Number of connected clients.
+    pub(crate) fn connected(&self) -> usize {
+        self.conns().len()
+    }
+
+    /// Queues `frame` for connection `seq` of `id`, without waiting.
+    pub(crate) fn send(&self, id: ClientId, seq: u64, frame: ServerFrame) -> Result<(), SendError> {
+        let conns = self.conns();
+        let conn = conns
+            .get(&id)
+            .filter(|c| c.seq == seq)
+            .ok_or(SendError::Gone)?;
+        conn.tx.try_send(Ok(frame)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Slow,
+            mpsc::error::TrySendError::Closed(_) => SendError::Gone,
+        })
+    }
+
+    /// Ends every stream (graceful shutdown: clients see their stream complete).
+    pub(crate) fn close_all(&self) {
+        self.conns().clear();
+    }
+}
+
+/// The `Federation` service.
+pub(crate) struct FederationService {
+    pub(crate) shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl Federation for FederationService {
+    type JoinStream = ReceiverStream<Result<ServerFrame, Status>>;
+
+    async fn join(
+        &self,
+        request: Request<Streaming<ClientFrame>>,
+    ) -> Result<Response<Self::JoinStream>, Status> {
+        let shared = &self.shared;
+        let peer = request.extensions().get::<PeerInfo>().cloned();
+        let remote = peer.as_ref().map(|p| p.remote_addr);
+        let identity = match authenticate(peer.as_ref(), request.metadata(), shared.tokens.as_ref())
+        {
+            Ok(id) => id,
+            Err(status) => {
+                tracing::warn!(?remote, reason = status.message(), "authentication failed");
+                return Err(status);
+            }
+        };
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(shared.hello_timeout, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello in time"))??;
+        match first.and_then(|f| f.kind) {
+            Some(ClientKind::Hello(h)) if h.protocol == aegis_proto::PROTOCOL => {
+                tracing::info!(client = %identity.id, method = ?identity.method, agent = %h.agent, ?remote, "client joined");
+            }
+            Some(ClientKind::Hello(h)) => {
+                return Err(Status::failed_precondition(format!(
+                    "protocol {} is not supported (this server speaks {})",
+                    h.protocol,
+                    aegis_proto::PROTOCOL
+                )));
+            }
+            _ => return Err(Status::invalid_argument("the first frame must be Hello")),
+        }
+        let id = identity.id;
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let welcome = ServerFrame {
+            kind: Some(ServerKind::Welcome(Welcome {
+                client_id: id.0,
+                protocol: aegis_proto::PROTOCOL,
+                job_id: shared.job_id.clone(),
+            })),
+        };
+        tx.try_send(Ok(welcome))
+            .map_err(|_| Status::internal("queue"))?;
+        let seq = shared.register(identity, tx)?;
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(frame)) => {
+                        let len = frame.encoded_len();
+                        let ev = Event::Frame {
+                            id,
+                            seq,
+                            frame,
+                            len,
+                        };
+                        if shared.events.send(ev).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(client = %id, %status, "stream error");
+                        break;
+                    }
+                }
+            }
+            shared.unregister(id, seq);
+            let _ = shared.events.send(Event::Closed { id, seq }).await;
+            tracing::info!(client = %id, "client left");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
