@@ -26,4 +26,4 @@ pub mod trainer;
 pub use data::Dataset;
 pub use error::{Error, Result};
 pub use model::{Model, Tensor};
-pub use trainer::{SoftmaxTrainer, TrainOutput, Trainer, evaluate};
+pub use trainer::{SoftmaxTrainer, TrainOutput, TrainSettings, Trainer, evaluate};

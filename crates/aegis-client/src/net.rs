@@ -25,7 +25,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::trainer::{TrainOutput, Trainer};
+use crate::trainer::{TrainOutput, TrainSettings, Trainer};
 
 /// Default limit on one gRPC message (a masked input of 16 M parameters fits).
 pub const DEFAULT_MAX_MESSAGE: usize = 64 << 20;
@@ -64,6 +64,46 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Fault drill: leave at this point.
     pub drop_at: Option<DropAt>,
+}
+
+impl ClientOptions {
+    /// Options for client `id` with its certificate and key from a PKI directory written by
+    /// `aegis certs` ([`aegis_transport::pki::PkiDir`]): mutual TLS, the certificate's Ed25519
+    /// key as the SecAgg identity, and rosters checked against the CA
+    /// ([`aegis_transport::CertRosterVerifier`]).
+    pub fn with_certificate(
+        server: &str,
+        ca: &std::path::Path,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        id: ClientId,
+    ) -> Result<ClientOptions> {
+        let tls = aegis_transport::ClientTls::from_pem_files(ca, Some((cert, key)))
+            .and_then(aegis_transport::ClientTls::into_config)
+            .map_err(|e| Error::Connection(e.to_string()))?;
+        let key_der = aegis_transport::tls::load_private_key(key)
+            .map_err(|e| Error::Connection(e.to_string()))?;
+        let identity = IdentityKey::from_pkcs8(key_der.secret_der()).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "{}: not an Ed25519 PKCS#8 key (client keys issued before Ed25519 must be re-issued)",
+                key.display()
+            ))
+        })?;
+        let verifier = aegis_transport::CertRosterVerifier::from_pem_file(ca)
+            .map_err(|e| Error::Connection(e.to_string()))?;
+        Ok(ClientOptions {
+            server: server.to_string(),
+            server_name: "localhost".to_string(),
+            tls,
+            token: None,
+            id,
+            identity: Arc::new(identity),
+            verifier: Arc::new(verifier),
+            max_message: DEFAULT_MAX_MESSAGE,
+            connect_timeout: Duration::from_secs(10),
+            drop_at: None,
+        })
+    }
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -337,10 +377,18 @@ pub async fn run<T: Trainer + Send + 'static>(
                     r.model = Vec::new();
                     r.global = Some(Arc::clone(&global));
                     let trainer = Arc::clone(&trainer);
+                    let settings = r.start.train.map(|c| TrainSettings {
+                        epochs: c.epochs,
+                        batch_size: c.batch_size,
+                        learning_rate: c.learning_rate,
+                    });
                     r.training = Some(tokio::task::spawn_blocking(move || {
                         let mut t = trainer
                             .lock()
                             .map_err(|_| Error::InvalidArgument("trainer poisoned".into()))?;
+                        if let Some(s) = &settings {
+                            t.configure(s);
+                        }
                         t.train(&global)
                     }));
                 }

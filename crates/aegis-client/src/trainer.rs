@@ -18,10 +18,24 @@ pub struct TrainOutput {
     pub accuracy: f32,
 }
 
+/// Training settings the server announces with each round.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrainSettings {
+    /// Local passes over the data.
+    pub epochs: u32,
+    /// Mini-batch size.
+    pub batch_size: u32,
+    /// SGD step size.
+    pub learning_rate: f32,
+}
+
 /// A client's local training step.
 pub trait Trainer {
     /// Train starting from `global` and return the update.
     fn train(&mut self, global: &Model) -> Result<TrainOutput, Error>;
+
+    /// Adopt the settings the server announced for the coming round (ignored by default).
+    fn configure(&mut self, _settings: &TrainSettings) {}
 }
 
 /// Softmax regression trained with mini-batch SGD on cross-entropy.
@@ -108,6 +122,12 @@ pub fn evaluate(model: &Model, data: &Dataset) -> Result<(f32, f32)> {
 }
 
 impl Trainer for SoftmaxTrainer {
+    fn configure(&mut self, s: &TrainSettings) {
+        self.epochs = s.epochs as usize;
+        self.batch_size = s.batch_size as usize;
+        self.learning_rate = s.learning_rate;
+    }
+
     fn train(&mut self, global: &Model) -> Result<TrainOutput, Error> {
         if self.batch_size == 0 {
             return Err(Error::InvalidArgument("batch size must be positive".into()));

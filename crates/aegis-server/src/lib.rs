@@ -77,6 +77,32 @@ pub struct ServerConfig {
     pub on_round: Option<RoundHook>,
 }
 
+impl ServerConfig {
+    /// A configuration with default deadlines, limits (10 000 clients, 64 MiB messages) and
+    /// acceptor settings, no tokens and no hook.
+    pub fn new(
+        tls: Arc<rustls::ServerConfig>,
+        state_dir: PathBuf,
+        keys: Arc<Keyset>,
+        job: JobSpec,
+        initial_model: Model,
+    ) -> ServerConfig {
+        ServerConfig {
+            tls,
+            acceptor: AcceptorConfig::default(),
+            tokens: None,
+            state_dir,
+            keys,
+            job,
+            initial_model,
+            deadlines: Deadlines::default(),
+            max_message: DEFAULT_MAX_MESSAGE,
+            max_clients: 10_000,
+            on_round: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerConfig")

@@ -1,0 +1,173 @@
+//! A federation on 127.0.0.1 for the server's tests: a development PKI in a temporary
+//! directory, a server task over real TLS 1.3 sockets, in-process clients.
+
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aegis_client::net::{ClientOptions, ClientSummary};
+use aegis_client::{Model, TrainOutput, Trainer};
+use aegis_crypto::Keyset;
+use aegis_secagg::ClientId;
+use aegis_server::{Deadlines, JobOutcome, JobSpec, ServerConfig};
+use aegis_transport::pki::{self, PkiDir};
+use aegis_transport::{ClientAuth, ServerTls};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/digits/digits.csv.gz");
+
+/// Generous wall-clock bound on anything a test waits for.
+pub const WAIT: Duration = Duration::from_secs(120);
+
+pub struct Fed {
+    pub dir: tempfile::TempDir,
+    pub pki: PkiDir,
+    pub keys: Arc<Keyset>,
+}
+
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub task: JoinHandle<aegis_server::Result<JobOutcome>>,
+    pub stop: Option<oneshot::Sender<()>>,
+}
+
+impl RunningServer {
+    pub async fn outcome(self) -> aegis_server::Result<JobOutcome> {
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("the server finished in time")
+            .expect("the server task did not panic")
+    }
+}
+
+impl Fed {
+    pub fn new(clients: u64) -> Fed {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = pki::init(&dir.path().join("pki"), &pki::default_server_sans(), false).unwrap();
+        for id in 1..=clients {
+            pki::issue_client(pki.dir(), aegis_transport::ClientId(id), false).unwrap();
+        }
+        Fed {
+            dir,
+            pki,
+            keys: Arc::new(Keyset::generate().unwrap()),
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn server_tls(&self, auth: ClientAuth) -> Arc<rustls::ServerConfig> {
+        ServerTls::from_pem_files(
+            &self.pki.server_cert(),
+            &self.pki.server_key(),
+            auth,
+            Some(&self.pki.ca_cert()),
+        )
+        .unwrap()
+        .into_config()
+        .unwrap()
+    }
+
+    /// A server configuration with short deadlines for tests.
+    pub fn config(&self, job: JobSpec, model: Model) -> ServerConfig {
+        let mut c = ServerConfig::new(
+            self.server_tls(ClientAuth::Required),
+            self.state_dir(),
+            Arc::clone(&self.keys),
+            job,
+            model,
+        );
+        c.deadlines = Deadlines {
+            gather_grace: Duration::from_secs(3),
+            stage: Duration::from_secs(20),
+            training: Duration::from_secs(60),
+            hello: Duration::from_secs(10),
+        };
+        c
+    }
+
+    pub async fn start(&self, config: ServerConfig) -> RunningServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(aegis_server::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        RunningServer {
+            addr,
+            task,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn client(&self, addr: SocketAddr, id: u64) -> ClientOptions {
+        let cid = aegis_transport::ClientId(id);
+        ClientOptions::with_certificate(
+            &addr.to_string(),
+            &self.pki.ca_cert(),
+            &self.pki.client_cert(cid),
+            &self.pki.client_key(cid),
+            ClientId(id),
+        )
+        .unwrap()
+    }
+}
+
+pub fn spawn_client<T: Trainer + Send + 'static>(
+    opts: ClientOptions,
+    trainer: T,
+) -> JoinHandle<aegis_client::Result<ClientSummary>> {
+    tokio::spawn(async move { aegis_client::net::run(opts, trainer).await })
+}
+
+pub async fn join_client(
+    h: JoinHandle<aegis_client::Result<ClientSummary>>,
+) -> aegis_client::Result<ClientSummary> {
+    tokio::time::timeout(WAIT, h)
+        .await
+        .expect("the client finished in time")
+        .expect("the client task did not panic")
+}
+
+/// Returns a fixed update with a fixed weight: the aggregate is then known exactly.
+#[derive(Clone)]
+pub struct FixedTrainer {
+    pub delta: Vec<f32>,
+    pub weight: u32,
+}
+
+impl Trainer for FixedTrainer {
+    fn train(&mut self, global: &Model) -> aegis_client::Result<TrainOutput> {
+        Ok(TrainOutput {
+            delta: global.unflatten(&self.delta)?,
+            num_examples: self.weight,
+            loss: 1.0 / self.weight as f32,
+            accuracy: 0.5,
+        })
+    }
+}
+
+/// A small job for tests.
+pub fn job(id: &str, rounds: u32, min_clients: u32) -> JobSpec {
+    JobSpec {
+        rounds,
+        min_clients,
+        cohort: 100,
+        max_weight: 1000,
+        ..JobSpec::new(id)
+    }
+}
+
+pub fn checkpoint(fed: &Fed, outcome: &JobOutcome) -> Model {
+    aegis_server::job::read_checkpoint(&outcome.checkpoint, &fed.keys).unwrap()
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
