@@ -205,3 +205,105 @@ impl Trainer for SoftmaxTrainer {
         })
     }
 }
+
+/// Trains with an external command (a PyTorch script, say), through safetensors files: the
+/// command is run by `sh -c` in the working directory with
+/// - `AEGIS_GLOBAL_MODEL`: the global model to start from (safetensors, read it);
+/// - `AEGIS_LOCAL_MODEL`: where to write the trained model (safetensors, same tensor names and
+///   shapes, F32);
+/// - `AEGIS_METRICS`: where to write `{"num_examples": N, "loss": L, "accuracy": A}` (JSON;
+///   `num_examples` required, the others optional).
+///
+/// The update sent (masked) is `local − global`. A non-zero exit, a missing output or a model
+/// of another layout fails the round for this client (it declines; nothing is sent).
+#[derive(Clone, Debug)]
+pub struct CommandTrainer {
+    command: String,
+    work_dir: std::path::PathBuf,
+}
+
+#[derive(serde::Deserialize)]
+struct CommandMetrics {
+    num_examples: u32,
+    #[serde(default)]
+    loss: f32,
+    #[serde(default)]
+    accuracy: f32,
+}
+
+impl CommandTrainer {
+    /// A trainer running `command` in `work_dir` (which must exist).
+    pub fn new(command: &str, work_dir: &std::path::Path) -> Result<CommandTrainer> {
+        if command.trim().is_empty() {
+            return Err(Error::InvalidArgument("the training command is empty".into()));
+        }
+        if !work_dir.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: not a directory",
+                work_dir.display()
+            )));
+        }
+        Ok(CommandTrainer {
+            command: command.to_string(),
+            work_dir: work_dir.to_owned(),
+        })
+    }
+}
+
+impl Trainer for CommandTrainer {
+    fn train(&mut self, global: &Model) -> Result<TrainOutput, Error> {
+        let io = |path: &std::path::Path| {
+            let path = path.to_owned();
+            move |source| Error::Io { path, source }
+        };
+        let global_path = self.work_dir.join("aegis-global.safetensors");
+        let local_path = self.work_dir.join("aegis-local.safetensors");
+        let metrics_path = self.work_dir.join("aegis-metrics.json");
+        for p in [&local_path, &metrics_path] {
+            match std::fs::remove_file(p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(p)(e)),
+                _ => {}
+            }
+        }
+        std::fs::write(&global_path, global.to_safetensors()?).map_err(io(&global_path))?;
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&self.command)
+            .current_dir(&self.work_dir)
+            .env("AEGIS_GLOBAL_MODEL", &global_path)
+            .env("AEGIS_LOCAL_MODEL", &local_path)
+            .env("AEGIS_METRICS", &metrics_path)
+            .stdin(std::process::Stdio::null())
+            .status()
+            .map_err(|e| Error::TrainCommand(format!("cannot run sh: {e}")))?;
+        if !status.success() {
+            return Err(Error::TrainCommand(format!("the command failed ({status})")));
+        }
+        let local_bytes = std::fs::read(&local_path).map_err(io(&local_path))?;
+        let local = Model::from_safetensors(&local_bytes)?;
+        if !local.same_layout(global) {
+            return Err(Error::Shape(
+                "the trained model's tensor names or shapes differ from the global model's".into(),
+            ));
+        }
+        let text = std::fs::read_to_string(&metrics_path).map_err(io(&metrics_path))?;
+        let m: CommandMetrics = serde_json::from_str(&text).map_err(|e| {
+            Error::TrainCommand(format!("{}: {e}", metrics_path.display()))
+        })?;
+        let delta: Vec<f32> = local
+            .flatten()
+            .iter()
+            .zip(global.flatten())
+            .map(|(l, g)| l - g)
+            .collect();
+        if delta.iter().any(|v| !v.is_finite()) {
+            return Err(Error::TrainCommand("the trained model holds NaN or infinity".into()));
+        }
+        Ok(TrainOutput {
+            delta: global.unflatten(&delta)?,
+            num_examples: m.num_examples,
+            loss: m.loss,
+            accuracy: m.accuracy,
+        })
+    }
+}

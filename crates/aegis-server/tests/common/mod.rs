@@ -1,7 +1,13 @@
 //! A federation on 127.0.0.1 for the server's tests: a development PKI in a temporary
 //! directory, a server task over real TLS 1.3 sockets, in-process clients.
 
-#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +24,10 @@ use aegis_transport::{ClientAuth, ServerTls};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/digits/digits.csv.gz");
+pub const DIGITS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../data/digits/digits.csv.gz"
+);
 
 /// Generous wall-clock bound on anything a test waits for.
 pub const WAIT: Duration = Duration::from_secs(120);
@@ -158,7 +167,8 @@ pub fn job(id: &str, rounds: u32, min_clients: u32) -> JobSpec {
     JobSpec {
         rounds,
         min_clients,
-        cohort: 100,
+        // A full cohort starts the round at once (no gather grace).
+        cohort: min_clients,
         max_weight: 1000,
         ..JobSpec::new(id)
     }

@@ -1,0 +1,661 @@
+//! `aegis server`, `aegis client` and `aegis demo`: federated learning over TLS 1.3 with
+//! secure aggregation and encrypted checkpoints.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aegis_client::data::{Dataset, parse_digits_csv, split_non_iid};
+use aegis_client::net::{ClientOptions, DropAt, Exit};
+use aegis_client::{Model, SoftmaxTrainer, evaluate};
+use aegis_crypto::Keyset;
+use aegis_crypto::store::{Backend, KeyStore, StoreConfig};
+use aegis_secagg::Stage;
+use aegis_server::metrics::STAGES;
+use aegis_server::{Deadlines, JobSpec, RoundMetrics, ServerConfig, TokenTable};
+use aegis_transport::pki::{self as tls_pki, PkiDir};
+use aegis_transport::{ClientAuth, ServerTls};
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+
+/// The UCI optical digits set (CC BY 4.0, see data/digits/README.md), built into the binary
+/// so the demo runs from anywhere.
+const DIGITS_GZ: &[u8] = include_bytes!("../../../data/digits/digits.csv.gz");
+
+/// Marks a directory made by `aegis demo` (which may then be reused).
+const DEMO_MARKER: &str = ".aegis-demo";
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum ClientAuthArg {
+    /// Every client presents a certificate from the CA.
+    Require,
+    /// Certificates are verified when presented; tokens otherwise.
+    Optional,
+    /// No client certificates (tokens only).
+    Off,
+}
+
+/// Settings of the job a server runs.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct JobArgs {
+    /// Job id (names the directory of its state and checkpoints).
+    #[arg(long = "job", default_value = "job", value_name = "ID")]
+    job_id: String,
+    /// Rounds to run (aborted rounds count).
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Clients sampled per round at most.
+    #[arg(long, default_value_t = 100)]
+    cohort: u32,
+    /// Clients needed to start a round.
+    #[arg(long, default_value_t = 3)]
+    min_clients: u32,
+    /// Per-coordinate clipping bound of updates.
+    #[arg(long, default_value_t = 1.0)]
+    clip: f32,
+    /// Largest FedAvg weight (example count) a client may submit.
+    #[arg(long, default_value_t = 10_000)]
+    max_weight: u32,
+    /// Expected dropout fraction per round (chooses the SecAgg+ graph and threshold).
+    #[arg(long, default_value_t = 0.1)]
+    dropout_rate: f64,
+    /// Local epochs per round.
+    #[arg(long, default_value_t = 2)]
+    epochs: u32,
+    /// Local mini-batch size.
+    #[arg(long, default_value_t = 16)]
+    batch_size: u32,
+    /// Local SGD step size.
+    #[arg(long, default_value_t = 0.1)]
+    lr: f32,
+}
+
+impl JobArgs {
+    fn spec(&self) -> JobSpec {
+        JobSpec {
+            rounds: self.rounds,
+            cohort: self.cohort,
+            min_clients: self.min_clients,
+            clip: self.clip,
+            max_weight: self.max_weight,
+            dropout_rate: self.dropout_rate,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            learning_rate: self.lr,
+            ..JobSpec::new(&self.job_id)
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    listen: SocketAddr,
+    /// PKI directory from `aegis certs init` (server.pem, server.key, ca.pem).
+    #[arg(long, value_name = "DIR")]
+    pki: PathBuf,
+    /// Client certificates: require, optional or off.
+    #[arg(long, value_enum, default_value = "require")]
+    client_auth: ClientAuthArg,
+    /// Token file (from `aegis tokens issue`): bearer tokens accepted besides certificates.
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// Where jobs keep their state and encrypted checkpoints.
+    #[arg(long, default_value = "aegis-state", value_name = "DIR")]
+    state_dir: PathBuf,
+    /// Initial model, safetensors (F32 tensors) [default: softmax regression 64 → 10, for
+    /// the digits data].
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Deadline of each secure-aggregation stage, seconds.
+    #[arg(long, default_value_t = 30)]
+    stage_timeout: u64,
+    /// Extra time clients have to train, seconds.
+    #[arg(long, default_value_t = 300)]
+    train_timeout: u64,
+    /// Once enough clients are connected, seconds to wait for a full cohort.
+    #[arg(long, default_value_t = 5)]
+    gather_grace: u64,
+    /// Connected clients at most.
+    #[arg(long, default_value_t = 10_000)]
+    max_clients: usize,
+    #[command(flatten)]
+    job: JobArgs,
+}
+
+/// Parses `ROUND:STAGE` (stages: advertise, share, masked, consistency, unmask).
+fn parse_drop_at(s: &str) -> Result<DropAt, String> {
+    let (r, st) = s
+        .split_once(':')
+        .ok_or_else(|| "expected ROUND:STAGE, e.g. 2:masked".to_string())?;
+    let round = r
+        .parse()
+        .map_err(|_| format!("bad round {r:?}"))?;
+    Ok(DropAt {
+        round,
+        stage: parse_stage(st)?,
+    })
+}
+
+fn parse_stage(s: &str) -> Result<Stage, String> {
+    Ok(match s {
+        "advertise" => Stage::AdvertiseKeys,
+        "share" => Stage::ShareKeys,
+        "masked" => Stage::MaskedInputCollection,
+        "consistency" => Stage::ConsistencyCheck,
+        "unmask" => Stage::Unmasking,
+        _ => {
+            return Err(format!(
+                "unknown stage {s:?} (advertise, share, masked, consistency, unmask)"
+            ));
+        }
+    })
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ClientArgs {
+    /// The server, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    server: String,
+    /// The name the server's certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// PKI directory: ca.pem and clients/ID.pem, clients/ID.key.
+    #[arg(long, value_name = "DIR")]
+    pki: PathBuf,
+    /// This client's id.
+    #[arg(long)]
+    id: u64,
+    /// Local training data: a digits shard encrypted at rest (from `aegis demo` or
+    /// `aegis data split`); decrypted in memory with the master key.
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
+    /// Train with an external command instead: it reads the global model from
+    /// $AEGIS_GLOBAL_MODEL and writes the trained model to $AEGIS_LOCAL_MODEL (safetensors)
+    /// and {"num_examples":N,"loss":L,"accuracy":A} to $AEGIS_METRICS.
+    #[arg(long, value_name = "CMD", conflicts_with = "data")]
+    train_cmd: Option<String>,
+    /// Working directory of --train-cmd.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    work_dir: PathBuf,
+    /// Fault drill: leave in round ROUND when asked for STAGE (advertise, share, masked,
+    /// consistency, unmask), as if the process died.
+    #[arg(long, value_name = "ROUND:STAGE", value_parser = parse_drop_at, hide = true)]
+    drop_at: Option<DropAt>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct DemoArgs {
+    /// Directory for everything the demo makes (keys, PKI, encrypted data, checkpoints);
+    /// reused only if an earlier demo made it.
+    #[arg(long, default_value = "aegis-demo", value_name = "DIR")]
+    dir: PathBuf,
+    /// Clients.
+    #[arg(long, default_value_t = 10)]
+    clients: u32,
+    /// Rounds.
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Clients that drop out (one per round from round 2, each at a different stage); each
+    /// reconnects for the rounds after.
+    #[arg(long, default_value_t = 1)]
+    dropout: u32,
+    /// Local epochs per round.
+    #[arg(long, default_value_t = 2)]
+    epochs: u32,
+    /// Local SGD step size.
+    #[arg(long, default_value_t = 0.5)]
+    lr: f32,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn softmax_digits_model() -> Result<Model> {
+    Ok(Model::softmax_regression(64, 10)?)
+}
+
+fn load_keys(ks: &KeyStore) -> Result<Arc<Keyset>> {
+    let (keys, _) = ks.load().context("loading the master key (run `aegis key init`)")?;
+    Ok(Arc::new(keys))
+}
+
+pub(crate) fn server_cmd(ks: &KeyStore, a: ServerArgs) -> Result<ExitCode> {
+    let keys = load_keys(ks)?;
+    let pki = PkiDir::new(&a.pki);
+    let auth = match a.client_auth {
+        ClientAuthArg::Require => ClientAuth::Required,
+        ClientAuthArg::Optional => ClientAuth::Optional,
+        ClientAuthArg::Off => ClientAuth::Off,
+    };
+    let tls = ServerTls::from_pem_files(
+        &pki.server_cert(),
+        &pki.server_key(),
+        auth,
+        Some(&pki.ca_cert()),
+    )?
+    .into_config()?;
+    let tokens = a
+        .tokens
+        .as_deref()
+        .map(TokenTable::load)
+        .transpose()?;
+    if matches!(a.client_auth, ClientAuthArg::Off) && tokens.is_none() {
+        bail!("--client-auth off needs --tokens: clients must authenticate somehow");
+    }
+    let model = match &a.model {
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("{}", p.display()))?;
+            Model::from_safetensors(&bytes).with_context(|| format!("{}", p.display()))?
+        }
+        None => softmax_digits_model()?,
+    };
+    let mut config = ServerConfig::new(tls, a.state_dir.clone(), keys, a.job.spec(), model);
+    config.tokens = tokens;
+    config.max_clients = a.max_clients;
+    config.deadlines = Deadlines {
+        gather_grace: Duration::from_secs(a.gather_grace),
+        stage: Duration::from_secs(a.stage_timeout),
+        training: Duration::from_secs(a.train_timeout),
+        ..Deadlines::default()
+    };
+    config.on_round = Some(Arc::new(|m: &RoundMetrics| {
+        eprintln!("{}", round_line(m, None));
+    }));
+    let rt = runtime()?;
+    let outcome = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("listening on {}", a.listen))?;
+        eprintln!(
+            "aegis server: listening on {} (TLS 1.3, client auth {:?}), job {}",
+            a.listen, a.client_auth, a.job.job_id
+        );
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("aegis server: shutting down (the job resumes from its last checkpoint)");
+        };
+        Ok::<_, anyhow::Error>(aegis_server::run(listener, config, shutdown).await?)
+    })?;
+    println!(
+        "job {}: {} of {} rounds done; global model (encrypted): {}",
+        outcome.state.spec.id,
+        outcome.state.rounds_done,
+        outcome.state.spec.rounds,
+        outcome.checkpoint.display()
+    );
+    Ok(if outcome.finished {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+pub(crate) fn client_cmd(ks: &KeyStore, a: ClientArgs) -> Result<ExitCode> {
+    let pki = PkiDir::new(&a.pki);
+    let tid = aegis_transport::ClientId(a.id);
+    let mut opts = ClientOptions::with_certificate(
+        &a.server,
+        &pki.ca_cert(),
+        &pki.client_cert(tid),
+        &pki.client_key(tid),
+        aegis_secagg::ClientId(a.id),
+    )?;
+    opts.server_name.clone_from(&a.server_name);
+    opts.drop_at = a.drop_at;
+    let rt = runtime()?;
+    let summary = if let Some(cmd) = &a.train_cmd {
+        let trainer = aegis_client::trainer::CommandTrainer::new(cmd, &a.work_dir)?;
+        rt.block_on(aegis_client::net::run(opts, trainer))?
+    } else {
+        let Some(data) = &a.data else {
+            bail!("give --data FILE (an encrypted shard) or --train-cmd CMD");
+        };
+        let keys = load_keys(ks)?;
+        let data = Dataset::read_encrypted(data, &keys)
+            .with_context(|| format!("{}", data.display()))?;
+        let trainer = SoftmaxTrainer {
+            data,
+            epochs: 2,
+            batch_size: 16,
+            learning_rate: 0.1,
+            seed: a.id,
+        };
+        rt.block_on(aegis_client::net::run(opts, trainer))?
+    };
+    for r in &summary.rounds {
+        println!(
+            "round {}: {}{}",
+            r.round,
+            if r.completed { "completed" } else { "aborted" },
+            if r.included { ", my update included" } else { "" }
+        );
+    }
+    Ok(match summary.exit {
+        Exit::ServerClosed => ExitCode::SUCCESS,
+        Exit::Dropped(_) => ExitCode::from(3),
+    })
+}
+
+/// One line per round for logs.
+fn round_line(m: &RoundMetrics, test: Option<(f32, f32)>) -> String {
+    let drops: Vec<String> = STAGES
+        .iter()
+        .zip(m.dropped)
+        .filter(|(_, d)| *d > 0)
+        .map(|(s, d)| format!("{d} in {s}"))
+        .collect();
+    format!(
+        "round {}: {} — {}/{} survived{}{}, {:.2} s",
+        m.round,
+        if m.completed { "completed" } else { "aborted" },
+        m.survived,
+        m.sampled,
+        if drops.is_empty() {
+            String::new()
+        } else {
+            format!(", dropped {}", drops.join(", "))
+        },
+        test.map(|(l, a)| format!(", test accuracy {a:.3} loss {l:.3}"))
+            .unwrap_or_default(),
+        m.seconds
+    )
+}
+
+fn human_bytes(b: u64) -> String {
+    if b >= 1 << 20 {
+        format!("{:.1} MiB", b as f64 / f64::from(1u32 << 20))
+    } else {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    }
+}
+
+/// Prepares `dir`: creates it, or reuses one an earlier demo made (its contents are replaced).
+fn demo_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .with_context(|| format!("{}", dir.display()))?
+            .next()
+            .is_none();
+        if !empty {
+            if !dir.join(DEMO_MARKER).exists() {
+                bail!(
+                    "{} exists and was not made by `aegis demo`; choose another --dir",
+                    dir.display()
+                );
+            }
+            for sub in ["pki", "clients", "state", "aegis_key.key", "aegis_key.key.keyset"] {
+                let p = dir.join(sub);
+                if p.is_dir() {
+                    std::fs::remove_dir_all(&p).with_context(|| format!("{}", p.display()))?;
+                } else if p.exists() {
+                    std::fs::remove_file(&p).with_context(|| format!("{}", p.display()))?;
+                }
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    std::fs::write(dir.join(DEMO_MARKER), b"made by aegis demo\n")
+        .with_context(|| format!("{}", dir.display()))?;
+    Ok(())
+}
+
+const DROP_STAGES: [Stage; 5] = [
+    Stage::MaskedInputCollection,
+    Stage::ShareKeys,
+    Stage::ConsistencyCheck,
+    Stage::AdvertiseKeys,
+    Stage::Unmasking,
+];
+
+pub(crate) fn demo_cmd(a: DemoArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    if a.clients < 3 {
+        bail!("--clients must be at least 3");
+    }
+    if a.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    if a.dropout > a.clients.saturating_sub(3) {
+        bail!("--dropout leaves fewer than 3 clients; at most {}", a.clients - 3);
+    }
+    let dir = a.dir.clone();
+    demo_dir(&dir)?;
+
+    // 1. A master key in a key file of the demo directory (the OS keyring is left alone).
+    let ks = KeyStore::new(StoreConfig {
+        backend: Backend::File,
+        key_file: dir.join("aegis_key.key"),
+        ..StoreConfig::default()
+    });
+    let (keys, _) = ks.init().context("creating the demo's master key")?;
+    let keys = Arc::new(keys);
+
+    // 2. A development PKI: CA, server certificate, one certificate per client.
+    let pki = tls_pki::init(&dir.join("pki"), &tls_pki::default_server_sans(), false)?;
+    for id in 1..=u64::from(a.clients) {
+        tls_pki::issue_client(pki.dir(), aegis_transport::ClientId(id), false)?;
+    }
+
+    // 3. Data: the digits set split 80/20; the 80% dealt out non-IID (≤ 2 labels per client),
+    //    each shard encrypted at rest.
+    let all = parse_digits_csv(flate2::read::GzDecoder::new(DIGITS_GZ))?;
+    let (train, test) = all.train_test_split(1, 0.2)?;
+    let shards = split_non_iid(&train, a.clients as usize, 42)?;
+    let mut shard_paths = Vec::new();
+    for (i, shard) in shards.iter().enumerate() {
+        let d = dir.join("clients").join((i + 1).to_string());
+        std::fs::create_dir_all(&d).with_context(|| format!("{}", d.display()))?;
+        let p = d.join("train.aegis");
+        shard.write_encrypted(&p, keys.primary())?;
+        shard_paths.push(p);
+    }
+    drop(shards);
+    println!(
+        "aegis demo: {} clients, {} rounds, {} dropout(s); everything in {}",
+        a.clients,
+        a.rounds,
+        a.dropout,
+        dir.display()
+    );
+    println!(
+        "  keys: {} (0600) · PKI: {} · data: {} encrypted shards of {} digits (test set: {})",
+        dir.join("aegis_key.key").display(),
+        pki.dir().display(),
+        a.clients,
+        train.len(),
+        test.len()
+    );
+
+    // 4. Server and clients over TLS 1.3 on 127.0.0.1.
+    let state_dir = dir.join("state");
+    let spec = JobSpec {
+        rounds: a.rounds,
+        cohort: a.clients,
+        min_clients: 3,
+        max_weight: 1000,
+        epochs: a.epochs,
+        batch_size: 16,
+        learning_rate: a.lr,
+        ..JobSpec::new("demo")
+    };
+    let tls = ServerTls::from_pem_files(
+        &pki.server_cert(),
+        &pki.server_key(),
+        ClientAuth::Required,
+        Some(&pki.ca_cert()),
+    )?
+    .into_config()?;
+    let (round_tx, mut round_rx) = tokio::sync::mpsc::unbounded_channel::<RoundMetrics>();
+    let mut config = ServerConfig::new(
+        tls,
+        state_dir.clone(),
+        Arc::clone(&keys),
+        spec,
+        softmax_digits_model()?,
+    );
+    config.deadlines = Deadlines {
+        gather_grace: Duration::from_secs(5),
+        stage: Duration::from_secs(20),
+        training: Duration::from_secs(60),
+        ..Deadlines::default()
+    };
+    config.on_round = Some(Arc::new(move |m: &RoundMetrics| {
+        let _ = round_tx.send(m.clone());
+    }));
+
+    let rt = runtime()?;
+    let outcome = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        println!("  server: {addr} (TLS 1.3 only, mutual TLS, SecAgg+)\n");
+        let server = tokio::spawn(aegis_server::run(listener, config, std::future::pending()));
+        let mut clients = Vec::new();
+        for (i, path) in shard_paths.iter().enumerate() {
+            let id = i as u64 + 1;
+            let tid = aegis_transport::ClientId(id);
+            let mut opts = ClientOptions::with_certificate(
+                &addr.to_string(),
+                &pki.ca_cert(),
+                &pki.client_cert(tid),
+                &pki.client_key(tid),
+                aegis_secagg::ClientId(id),
+            )?;
+            // The last `dropout` clients leave, one per round from round 2.
+            let k = u64::from(a.clients) - id;
+            if k < u64::from(a.dropout) {
+                opts.drop_at = Some(DropAt {
+                    round: 2 + k as u32,
+                    stage: DROP_STAGES[k as usize % DROP_STAGES.len()],
+                });
+            }
+            let path = path.clone();
+            let keys = Arc::clone(&keys);
+            clients.push(tokio::spawn(async move {
+                let trainer = |keys: &Keyset| -> aegis_client::Result<SoftmaxTrainer> {
+                    Ok(SoftmaxTrainer {
+                        data: Dataset::read_encrypted(&path, keys)?,
+                        epochs: 2,
+                        batch_size: 16,
+                        learning_rate: 0.1,
+                        seed: id,
+                    })
+                };
+                let first = aegis_client::net::run(opts.clone(), trainer(&keys)?).await?;
+                if let Exit::Dropped(_) = first.exit {
+                    // A dropped client comes back (a new connection) for the next rounds.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let again = ClientOptions {
+                        drop_at: None,
+                        ..opts
+                    };
+                    return aegis_client::net::run(again, trainer(&keys)?).await;
+                }
+                Ok(first)
+            }));
+        }
+        print_header();
+        let mut history = Vec::new();
+        let dirp = aegis_server::JobDir::new(&state_dir, "demo");
+        let mut server = server;
+        let outcome = loop {
+            tokio::select! {
+                Some(m) = round_rx.recv() => {
+                    let test_metrics = if m.completed {
+                        let model = dirp.read_checkpoint(&aegis_server::JobDir::checkpoint_name(m.round), &keys)?;
+                        Some(evaluate(&model, &test)?)
+                    } else {
+                        None
+                    };
+                    print_row(&m, test_metrics);
+                    history.push(m);
+                }
+                res = &mut server => break res??,
+            }
+        };
+        while let Ok(m) = round_rx.try_recv() {
+            print_row(&m, None);
+        }
+        for c in clients {
+            match c.await? {
+                Ok(_) => {}
+                Err(e) => eprintln!("  a client failed: {e}"),
+            }
+        }
+        Ok::<_, anyhow::Error>(outcome)
+    })?;
+    let key_file = dir.join("aegis_key.key");
+    println!(
+        "\nglobal model after round {}: {} (safetensors, AES-256-GCM v2 at rest)",
+        outcome.state.rounds_done,
+        outcome.checkpoint.display()
+    );
+    println!(
+        "decrypt it: aegis --keystore file --key-file {} decrypt {} -o model.safetensors",
+        key_file.display(),
+        outcome.checkpoint.display()
+    );
+    println!("done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(if outcome.finished {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_header() {
+    println!(
+        "{:>5}  {:>9}  {:>10}  {:<22}  {:>8}  {:>9}  {:>9}  {:>7}  {:>9}  {:>9}",
+        "round",
+        "status",
+        "survivors",
+        "dropouts (stage)",
+        "test acc",
+        "test loss",
+        "local acc",
+        "time s",
+        "sent",
+        "received"
+    );
+}
+
+fn print_row(m: &RoundMetrics, test: Option<(f32, f32)>) {
+    let drops: Vec<String> = STAGES
+        .iter()
+        .zip(m.dropped)
+        .filter(|(_, d)| *d > 0)
+        .map(|(s, d)| format!("{d} ({s})"))
+        .collect();
+    let (loss, acc) = test.map_or(("–".to_string(), "–".to_string()), |(l, a)| {
+        (format!("{l:.3}"), format!("{a:.3}"))
+    });
+    println!(
+        "{:>5}  {:>9}  {:>10}  {:<22}  {:>8}  {:>9}  {:>9}  {:>7.2}  {:>9}  {:>9}",
+        m.round,
+        if m.completed { "ok" } else { "aborted" },
+        format!("{}/{}", m.survived, m.sampled),
+        if drops.is_empty() {
+            "0".to_string()
+        } else {
+            drops.join(", ")
+        },
+        acc,
+        loss,
+        m.accuracy.map_or("–".to_string(), |a| format!("{a:.3}")),
+        m.seconds,
+        human_bytes(m.bytes_sent),
+        human_bytes(m.bytes_received)
+    );
+    if !std::io::stdout().is_terminal() {
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+    }
+}
