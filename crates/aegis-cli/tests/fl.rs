@@ -1,0 +1,218 @@
+//! `aegis demo`, `aegis server` and `aegis client` as real processes over TLS 1.3 on
+//! 127.0.0.1: the demo's rounds and encrypted model; a server killed with SIGKILL mid-job and
+//! restarted resumes from its last checkpoint, with clients training through `--train-cmd`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Output};
+use std::time::{Duration, Instant};
+
+use common::{Sandbox, s};
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn demo_runs_rounds_with_a_dropout_and_leaves_an_encrypted_model() {
+    let sb = Sandbox::new();
+    let dir = sb.join("demo");
+    let args = [
+        "demo",
+        "--dir",
+        s(&dir),
+        "--clients",
+        "5",
+        "--rounds",
+        "3",
+        "--dropout",
+        "1",
+    ];
+    let out = sb.aegis().ok(args);
+    let stdout = text(&out);
+    eprintln!("{stdout}");
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(rows.len(), 3, "{stdout}");
+    assert!(rows.iter().all(|r| r.contains(" ok ")), "{stdout}");
+    assert!(rows[0].contains("5/5"), "{stdout}");
+    assert!(
+        rows[1].contains("4/5") && rows[1].contains("1 (masked)"),
+        "{stdout}"
+    );
+    // The dropped client reconnected for round 3.
+    assert!(rows[2].contains("5/5"), "{stdout}");
+
+    let model = dir.join("state/jobs/demo/round-0003.aegis");
+    assert!(stdout.contains(s(&model)), "{stdout}");
+    let blob = std::fs::read(&model).unwrap();
+    assert!(aegis_crypto::v2::has_magic(&blob));
+    // Shards and checkpoints hold no plaintext; the key decrypts the model to safetensors.
+    assert!(!blob.windows(6).any(|w| w == b"weight"));
+    let plain = sb.join("model.safetensors");
+    sb.aegis_with_key(&dir.join("aegis_key.key"))
+        .ok(["decrypt", s(&model), "-o", s(&plain)]);
+    let m = aegis_client::Model::from_safetensors(&std::fs::read(&plain).unwrap()).unwrap();
+    assert_eq!(m.num_params(), 650);
+    for id in 1..=5 {
+        let shard = std::fs::read(dir.join(format!("clients/{id}/train.aegis"))).unwrap();
+        assert!(aegis_crypto::v2::has_magic(&shard));
+    }
+
+    // Running again reuses the demo's own directory …
+    sb.aegis().ok(args);
+    // … but never a directory it did not make.
+    let other = sb.mkdir("other");
+    std::fs::write(other.join("precious.txt"), b"keep me").unwrap();
+    let err = sb.aegis().fail(["demo", "--dir", s(&other)]);
+    assert!(err.contains("not made by `aegis demo`"), "{err}");
+    assert_eq!(std::fs::read(other.join("precious.txt")).unwrap(), b"keep me");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn rounds_done(state: &Path) -> u64 {
+    std::fs::read_to_string(state)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["rounds_done"].as_u64())
+        .unwrap_or(0)
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_server_killed_mid_job_resumes_from_its_last_checkpoint() {
+    let sb = Sandbox::new();
+    let a = sb.aegis();
+    a.ok(["key", "init"]);
+    let pki = sb.join("pki");
+    a.ok(["certs", "init", "--dir", s(&pki)]);
+    for id in 1..=3 {
+        a.ok(["certs", "issue", "--dir", s(&pki), "--client", &id.to_string()]);
+    }
+    for id in 1..=3 {
+        sb.mkdir(&format!("work{id}"));
+    }
+    // An external trainer: returns the global model unchanged after a short "training" and
+    // reports 10 examples.
+    let train_cmd = r#"sleep 0.2; cp "$AEGIS_GLOBAL_MODEL" "$AEGIS_LOCAL_MODEL"; echo '{"num_examples": 10, "loss": 0.5, "accuracy": 0.8}' > "$AEGIS_METRICS""#;
+    let port = free_port().to_string();
+    let server_addr = format!("127.0.0.1:{port}");
+    let state_dir = sb.join("state");
+    let server_args = [
+        "server",
+        "--listen",
+        &server_addr,
+        "--pki",
+        s(&pki),
+        "--state-dir",
+        s(&state_dir),
+        "--job",
+        "j1",
+        "--rounds",
+        "6",
+        "--min-clients",
+        "3",
+        "--cohort",
+        "3",
+        "--gather-grace",
+        "1",
+    ];
+    let clients = |a: &common::Aegis| -> Vec<Child> {
+        (1..=3)
+            .map(|id| {
+                a.spawn([
+                    "client",
+                    "--server",
+                    &server_addr,
+                    "--pki",
+                    s(&pki),
+                    "--id",
+                    &id.to_string(),
+                    "--train-cmd",
+                    train_cmd,
+                    "--work-dir",
+                    s(&sb.join(&format!("work{id}"))),
+                ])
+            })
+            .collect()
+    };
+    let state = state_dir.join("jobs/j1/state.json");
+    let mut server = a.spawn(server_args);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut first = clients(&a);
+    let start = Instant::now();
+    while rounds_done(&state) < 2 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
+        assert!(server.try_wait().unwrap().is_none(), "the server exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill().unwrap(); // SIGKILL, mid-job
+    server.wait().unwrap();
+    let done_at_kill = rounds_done(&state);
+    assert!((2..6).contains(&done_at_kill), "{done_at_kill}");
+    for c in &mut first {
+        // The clients lose their server: they fail with a one-line error.
+        let st = wait_exit(c, Duration::from_secs(60));
+        assert!(!st.success());
+    }
+
+    let mut server = a.spawn(server_args);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut second = clients(&a);
+    let st = wait_exit(&mut server, Duration::from_secs(120));
+    let mut out = String::new();
+    std::io::Read::read_to_string(server.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(st.success(), "server: {out}");
+    assert!(out.contains("6 of 6 rounds done"), "{out}");
+    for c in &mut second {
+        assert!(wait_exit(c, Duration::from_secs(60)).success());
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let rounds: Vec<u64> = v["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rounds, [1, 2, 3, 4, 5, 6], "every round once, resumed after the kill");
+    assert!(
+        v["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["completed"] == true && r["survived"] == 3)
+    );
+    assert!(state_dir.join("jobs/j1/round-0006.aegis").exists());
+}
