@@ -11,10 +11,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_with_config(
-            config,
-            &["proto/aegis/fl/v1/federation.proto"],
-            &["proto"],
-        )?;
+        .compile_with_config(config, &["proto/aegis/fl/v1/federation.proto"], &["proto"])?;
     Ok(())
 }

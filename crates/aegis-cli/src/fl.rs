@@ -132,9 +132,7 @@ fn parse_drop_at(s: &str) -> Result<DropAt, String> {
     let (r, st) = s
         .split_once(':')
         .ok_or_else(|| "expected ROUND:STAGE, e.g. 2:masked".to_string())?;
-    let round = r
-        .parse()
-        .map_err(|_| format!("bad round {r:?}"))?;
+    let round = r.parse().map_err(|_| format!("bad round {r:?}"))?;
     Ok(DropAt {
         round,
         stage: parse_stage(st)?,
@@ -224,7 +222,9 @@ fn softmax_digits_model() -> Result<Model> {
 }
 
 fn load_keys(ks: &KeyStore) -> Result<Arc<Keyset>> {
-    let (keys, _) = ks.load().context("loading the master key (run `aegis key init`)")?;
+    let (keys, _) = ks
+        .load()
+        .context("loading the master key (run `aegis key init`)")?;
     Ok(Arc::new(keys))
 }
 
@@ -243,11 +243,7 @@ pub(crate) fn server_cmd(ks: &KeyStore, a: ServerArgs) -> Result<ExitCode> {
         Some(&pki.ca_cert()),
     )?
     .into_config()?;
-    let tokens = a
-        .tokens
-        .as_deref()
-        .map(TokenTable::load)
-        .transpose()?;
+    let tokens = a.tokens.as_deref().map(TokenTable::load).transpose()?;
     if matches!(a.client_auth, ClientAuthArg::Off) && tokens.is_none() {
         bail!("--client-auth off needs --tokens: clients must authenticate somehow");
     }
@@ -320,8 +316,8 @@ pub(crate) fn client_cmd(ks: &KeyStore, a: ClientArgs) -> Result<ExitCode> {
             bail!("give --data FILE (an encrypted shard) or --train-cmd CMD");
         };
         let keys = load_keys(ks)?;
-        let data = Dataset::read_encrypted(data, &keys)
-            .with_context(|| format!("{}", data.display()))?;
+        let data =
+            Dataset::read_encrypted(data, &keys).with_context(|| format!("{}", data.display()))?;
         let trainer = SoftmaxTrainer {
             data,
             epochs: 2,
@@ -336,7 +332,11 @@ pub(crate) fn client_cmd(ks: &KeyStore, a: ClientArgs) -> Result<ExitCode> {
             "round {}: {}{}",
             r.round,
             if r.completed { "completed" } else { "aborted" },
-            if r.included { ", my update included" } else { "" }
+            if r.included {
+                ", my update included"
+            } else {
+                ""
+            }
         );
     }
     Ok(match summary.exit {
@@ -392,7 +392,13 @@ fn demo_dir(dir: &Path) -> Result<()> {
                     dir.display()
                 );
             }
-            for sub in ["pki", "clients", "state", "aegis_key.key", "aegis_key.key.keyset"] {
+            for sub in [
+                "pki",
+                "clients",
+                "state",
+                "aegis_key.key",
+                "aegis_key.key.keyset",
+            ] {
                 let p = dir.join(sub);
                 if p.is_dir() {
                     std::fs::remove_dir_all(&p).with_context(|| format!("{}", p.display()))?;
@@ -425,7 +431,10 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<ExitCode> {
         bail!("--rounds must be at least 1");
     }
     if a.dropout > a.clients.saturating_sub(3) {
-        bail!("--dropout leaves fewer than 3 clients; at most {}", a.clients - 3);
+        bail!(
+            "--dropout leaves fewer than 3 clients; at most {}",
+            a.clients - 3
+        );
     }
     let dir = a.dir.clone();
     demo_dir(&dir)?;
@@ -534,7 +543,10 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<ExitCode> {
             if k < u64::from(a.dropout) {
                 opts.drop_at = Some(DropAt {
                     round: 2 + k as u32,
-                    stage: DROP_STAGES[k as usize % DROP_STAGES.len()],
+                    stage: DROP_STAGES
+                        .get(k as usize % DROP_STAGES.len())
+                        .copied()
+                        .unwrap_or(Stage::MaskedInputCollection),
                 });
             }
             let path = path.clone();

@@ -77,7 +77,10 @@ fn demo_runs_rounds_with_a_dropout_and_leaves_an_encrypted_model() {
     std::fs::write(other.join("precious.txt"), b"keep me").unwrap();
     let err = sb.aegis().fail(["demo", "--dir", s(&other)]);
     assert!(err.contains("not made by `aegis demo`"), "{err}");
-    assert_eq!(std::fs::read(other.join("precious.txt")).unwrap(), b"keep me");
+    assert_eq!(
+        std::fs::read(other.join("precious.txt")).unwrap(),
+        b"keep me"
+    );
 }
 
 fn free_port() -> u16 {
@@ -118,7 +121,14 @@ fn a_server_killed_mid_job_resumes_from_its_last_checkpoint() {
     let pki = sb.join("pki");
     a.ok(["certs", "init", "--dir", s(&pki)]);
     for id in 1..=3 {
-        a.ok(["certs", "issue", "--dir", s(&pki), "--client", &id.to_string()]);
+        a.ok([
+            "certs",
+            "issue",
+            "--dir",
+            s(&pki),
+            "--client",
+            &id.to_string(),
+        ]);
     }
     for id in 1..=3 {
         sb.mkdir(&format!("work{id}"));
@@ -174,7 +184,10 @@ fn a_server_killed_mid_job_resumes_from_its_last_checkpoint() {
     let start = Instant::now();
     while rounds_done(&state) < 2 {
         assert!(start.elapsed() < Duration::from_secs(120), "no progress");
-        assert!(server.try_wait().unwrap().is_none(), "the server exited early");
+        assert!(
+            server.try_wait().unwrap().is_none(),
+            "the server exited early"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     server.kill().unwrap(); // SIGKILL, mid-job
@@ -206,7 +219,11 @@ fn a_server_killed_mid_job_resumes_from_its_last_checkpoint() {
         .iter()
         .map(|r| r["round"].as_u64().unwrap())
         .collect();
-    assert_eq!(rounds, [1, 2, 3, 4, 5, 6], "every round once, resumed after the kill");
+    assert_eq!(
+        rounds,
+        [1, 2, 3, 4, 5, 6],
+        "every round once, resumed after the kill"
+    );
     assert!(
         v["history"]
             .as_array()

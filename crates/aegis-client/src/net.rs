@@ -162,9 +162,7 @@ struct TlsConnector {
 }
 
 impl tower_service::Service<Uri> for TlsConnector {
-    type Response = hyper_util::rt::TokioIo<
-        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-    >;
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
     type Error = aegis_transport::Error;
     type Future = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,

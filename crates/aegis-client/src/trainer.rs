@@ -235,7 +235,9 @@ impl CommandTrainer {
     /// A trainer running `command` in `work_dir` (which must exist).
     pub fn new(command: &str, work_dir: &std::path::Path) -> Result<CommandTrainer> {
         if command.trim().is_empty() {
-            return Err(Error::InvalidArgument("the training command is empty".into()));
+            return Err(Error::InvalidArgument(
+                "the training command is empty".into(),
+            ));
         }
         if !work_dir.is_dir() {
             return Err(Error::InvalidArgument(format!(
@@ -277,7 +279,9 @@ impl Trainer for CommandTrainer {
             .status()
             .map_err(|e| Error::TrainCommand(format!("cannot run sh: {e}")))?;
         if !status.success() {
-            return Err(Error::TrainCommand(format!("the command failed ({status})")));
+            return Err(Error::TrainCommand(format!(
+                "the command failed ({status})"
+            )));
         }
         let local_bytes = std::fs::read(&local_path).map_err(io(&local_path))?;
         let local = Model::from_safetensors(&local_bytes)?;
@@ -287,9 +291,8 @@ impl Trainer for CommandTrainer {
             ));
         }
         let text = std::fs::read_to_string(&metrics_path).map_err(io(&metrics_path))?;
-        let m: CommandMetrics = serde_json::from_str(&text).map_err(|e| {
-            Error::TrainCommand(format!("{}: {e}", metrics_path.display()))
-        })?;
+        let m: CommandMetrics = serde_json::from_str(&text)
+            .map_err(|e| Error::TrainCommand(format!("{}: {e}", metrics_path.display())))?;
         let delta: Vec<f32> = local
             .flatten()
             .iter()
@@ -297,7 +300,9 @@ impl Trainer for CommandTrainer {
             .map(|(l, g)| l - g)
             .collect();
         if delta.iter().any(|v| !v.is_finite()) {
-            return Err(Error::TrainCommand("the trained model holds NaN or infinity".into()));
+            return Err(Error::TrainCommand(
+                "the trained model holds NaN or infinity".into(),
+            ));
         }
         Ok(TrainOutput {
             delta: global.unflatten(&delta)?,

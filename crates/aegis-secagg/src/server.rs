@@ -515,11 +515,10 @@ impl ServerSession {
             return;
         };
         for i in 0..self.ctx.n() {
-            if self.ctx.gone.get(i as usize) == Some(&true)
-                && self.ctx.live(i)
-                && !self.answered(i)
+            if self.ctx.gone.get(i as usize) == Some(&true) && self.ctx.live(i) && !self.answered(i)
             {
-                self.ctx.drop_client(i, stage, DropReason::Disconnected(stage));
+                self.ctx
+                    .drop_client(i, stage, DropReason::Disconnected(stage));
             }
         }
         self.advance_if_complete();

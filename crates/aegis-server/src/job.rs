@@ -102,7 +102,12 @@ impl JobSpec {
         if !(0.0..0.5).contains(&self.dropout_rate) || !(0.0..0.34).contains(&self.corrupt_rate) {
             return fail("dropout_rate must be in [0, 0.5) and corrupt_rate in [0, 0.34)");
         }
-        if self.epochs == 0 || self.batch_size == 0 || !(self.learning_rate > 0.0) {
+        if self.epochs == 0
+            || self.batch_size == 0
+            || !(self.learning_rate.is_finite()
+                && self.learning_rate.is_sign_positive()
+                && self.learning_rate != 0.0)
+        {
             return fail("epochs, batch_size and learning_rate must be positive");
         }
         Ok(())

@@ -200,7 +200,7 @@ impl Runner {
             }
             // Drain events (frames of clients between rounds are ignored) while waiting.
             tokio::select! {
-                ev = self.events.recv() => if ev.is_none() { return None; },
+                ev = self.events.recv() => { ev.as_ref()?; }
                 () = tokio::time::sleep(Duration::from_millis(50)) => {}
                 _ = self.shutdown.changed() => {}
             }
@@ -216,7 +216,13 @@ impl Runner {
     }
 
     /// Sends `frame` to a participant; failures are returned for [`ServerSession::disconnected`].
-    fn send(&self, cohort: &Cohort, id: ClientId, frame: ServerFrame, m: &mut RoundMetrics) -> bool {
+    fn send(
+        &self,
+        cohort: &Cohort,
+        id: ClientId,
+        frame: ServerFrame,
+        m: &mut RoundMetrics,
+    ) -> bool {
         let Some((seq, _)) = cohort.get(&id) else {
             return false;
         };

@@ -100,7 +100,9 @@ impl Shared {
     ) -> Result<u64, Status> {
         let mut conns = self.conns();
         if conns.len() >= self.max_clients && !conns.contains_key(&identity.id) {
-            return Err(Status::resource_exhausted("the server has its maximum of clients"));
+            return Err(Status::resource_exhausted(
+                "the server has its maximum of clients",
+            ));
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let id = identity.id;
