@@ -92,10 +92,7 @@ impl TlsConn {
         PeerInfo {
             remote_addr: self.remote_addr,
             client_id: self.client_id,
-            certificate: self
-                .peer_certificates()
-                .and_then(<[_]>::first)
-                .cloned(),
+            certificate: self.peer_certificates().and_then(<[_]>::first).cloned(),
         }
     }
 
