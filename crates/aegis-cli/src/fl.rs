@@ -101,7 +101,8 @@ pub(crate) struct ServerArgs {
     /// Client certificates: require, optional or off.
     #[arg(long, value_enum, default_value = "require")]
     client_auth: ClientAuthArg,
-    /// Token file (from `aegis tokens issue`): bearer tokens accepted besides certificates.
+    /// Token file (from `aegis tokens issue`): bearer tokens accepted besides certificates
+    /// (re-read at start only).
     #[arg(long, value_name = "FILE")]
     tokens: Option<PathBuf>,
     /// Where jobs keep their state and encrypted checkpoints.
@@ -162,12 +163,20 @@ pub(crate) struct ClientArgs {
     /// The name the server's certificate must carry.
     #[arg(long, default_value = "localhost")]
     server_name: String,
-    /// PKI directory: ca.pem and clients/ID.pem, clients/ID.key.
+    /// PKI directory: ca.pem and, unless --token-file is given, clients/ID.pem and
+    /// clients/ID.key.
     #[arg(long, value_name = "DIR")]
     pki: PathBuf,
     /// This client's id.
     #[arg(long)]
     id: u64,
+    /// Authenticate with the bearer token in FILE (from `aegis tokens issue`) instead of a
+    /// client certificate.
+    #[arg(long, value_name = "FILE", requires = "identity_key")]
+    token_file: Option<PathBuf>,
+    /// With --token-file: the Ed25519 key (PEM) that signs this client's SecAgg messages.
+    #[arg(long, value_name = "FILE", requires = "token_file")]
+    identity_key: Option<PathBuf>,
     /// Local training data: a digits shard encrypted at rest (from `aegis demo` or
     /// `aegis data split`); decrypted in memory with the master key.
     #[arg(long, value_name = "FILE")]
@@ -226,6 +235,56 @@ fn load_keys(ks: &KeyStore) -> Result<Arc<Keyset>> {
         .load()
         .context("loading the master key (run `aegis key init`)")?;
     Ok(Arc::new(keys))
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum TokensCmd {
+    /// Issue a bearer token for a client: its hash (and the client's new SecAgg identity
+    /// key's public half) goes into the server's token file; the token and the private key go
+    /// to OUT/ID.token and OUT/ID.identity.key (0600), for the client only.
+    Issue {
+        /// The server's token file (created 0600 if missing).
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        /// The client's id.
+        #[arg(long)]
+        client: u64,
+        /// Where the client's token and identity key are written.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+pub(crate) fn tokens_cmd(cmd: TokensCmd) -> Result<ExitCode> {
+    match cmd {
+        TokensCmd::Issue { file, client, out } => {
+            let key_path = out.join(format!("{client}.identity.key"));
+            let token_path = out.join(format!("{client}.token"));
+            if token_path.exists() {
+                bail!("{} exists; remove it first", token_path.display());
+            }
+            let public = tls_pki::write_identity_key(&key_path)?;
+            let token = zeroize::Zeroizing::new(TokenTable::issue(
+                &file,
+                aegis_secagg::ClientId(client),
+                &aegis_secagg::IdentityPublicKey(public),
+            )?);
+            let line = zeroize::Zeroizing::new(format!("{}\n", token.as_str()));
+            aegis_crypto::fsutil::create_private(&token_path, line.as_bytes())?;
+            println!(
+                "issued a token for client {client}: {} (0600), identity key {} (0600); its hash is in {}",
+                token_path.display(),
+                key_path.display(),
+                file.display()
+            );
+            println!(
+                "give the client both files: aegis client --id {client} --token-file {} --identity-key {} --pki <dir with ca.pem>",
+                token_path.display(),
+                key_path.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn server_cmd(ks: &KeyStore, a: ServerArgs) -> Result<ExitCode> {
@@ -298,13 +357,31 @@ pub(crate) fn server_cmd(ks: &KeyStore, a: ServerArgs) -> Result<ExitCode> {
 pub(crate) fn client_cmd(ks: &KeyStore, a: ClientArgs) -> Result<ExitCode> {
     let pki = PkiDir::new(&a.pki);
     let tid = aegis_transport::ClientId(a.id);
-    let mut opts = ClientOptions::with_certificate(
-        &a.server,
-        &pki.ca_cert(),
-        &pki.client_cert(tid),
-        &pki.client_key(tid),
-        aegis_secagg::ClientId(a.id),
-    )?;
+    let mut opts = match (&a.token_file, &a.identity_key) {
+        (Some(token_file), Some(key)) => {
+            aegis_crypto::fsutil::check_private(token_file)?;
+            let token = zeroize::Zeroizing::new(
+                std::fs::read_to_string(token_file)
+                    .with_context(|| format!("{}", token_file.display()))?
+                    .trim()
+                    .to_string(),
+            );
+            ClientOptions::with_token(
+                &a.server,
+                &pki.ca_cert(),
+                token,
+                key,
+                aegis_secagg::ClientId(a.id),
+            )?
+        }
+        _ => ClientOptions::with_certificate(
+            &a.server,
+            &pki.ca_cert(),
+            &pki.client_cert(tid),
+            &pki.client_key(tid),
+            aegis_secagg::ClientId(a.id),
+        )?,
+    };
     opts.server_name.clone_from(&a.server_name);
     opts.drop_at = a.drop_at;
     let rt = runtime()?;

@@ -136,6 +136,9 @@ enum Cmd {
     /// A development PKI for TLS: a CA, the server certificate, client certificates.
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// Bearer tokens for FL clients without certificates.
+    #[command(subcommand)]
+    Tokens(fl::TokensCmd),
     /// Run the FL server: a job of FedAvg rounds with secure aggregation over TLS 1.3,
     /// checkpoints encrypted at rest; resumes the job after a restart.
     Server(fl::ServerArgs),
@@ -343,6 +346,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Certs(c) => return certs_cmd(c),
         // The demo makes its own key file; it never touches the configured key store.
         Cmd::Demo(a) => return fl::demo_cmd(a),
+        Cmd::Tokens(t) => return fl::tokens_cmd(t),
         cmd => Cli { cmd, ..cli },
     };
     let ks = KeyStore::new(cli.store.config()?);
@@ -356,6 +360,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Server(a) => fl::server_cmd(&ks, a),
         Cmd::Client(a) => fl::client_cmd(&ks, a),
         Cmd::Demo(a) => fl::demo_cmd(a),
+        Cmd::Tokens(t) => fl::tokens_cmd(t),
     }
 }
 

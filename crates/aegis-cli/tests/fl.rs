@@ -233,3 +233,110 @@ fn a_server_killed_mid_job_resumes_from_its_last_checkpoint() {
     );
     assert!(state_dir.join("jobs/j1/round-0006.aegis").exists());
 }
+
+#[test]
+fn token_clients_take_part_and_a_wrong_token_is_refused() {
+    let sb = Sandbox::new();
+    let a = sb.aegis();
+    a.ok(["key", "init"]);
+    let pki = sb.join("pki");
+    a.ok(["certs", "init", "--dir", s(&pki)]);
+    let tokens = sb.join("server/tokens.json");
+    std::fs::create_dir_all(sb.join("server")).unwrap();
+    let out_dir = sb.join("issued");
+    for id in 1..=3 {
+        let out = a.ok([
+            "tokens",
+            "issue",
+            "--file",
+            s(&tokens),
+            "--client",
+            &id.to_string(),
+            "--out",
+            s(&out_dir),
+        ]);
+        let token = std::fs::read_to_string(out_dir.join(format!("{id}.token"))).unwrap();
+        assert!(token.starts_with("aegis_"));
+        // The token is shown nowhere else: not on stdout, not in the server's file.
+        assert!(!text(&out).contains(token.trim()));
+        assert!(
+            !std::fs::read_to_string(&tokens)
+                .unwrap()
+                .contains(token.trim())
+        );
+        assert_eq!(common::mode(&out_dir.join(format!("{id}.token"))), 0o600);
+        assert_eq!(
+            common::mode(&out_dir.join(format!("{id}.identity.key"))),
+            0o600
+        );
+    }
+    assert_eq!(common::mode(&tokens), 0o600);
+    let server_addr = format!("127.0.0.1:{}", free_port());
+    let mut server = a.spawn([
+        "server",
+        "--listen",
+        &server_addr,
+        "--pki",
+        s(&pki),
+        "--client-auth",
+        "off",
+        "--tokens",
+        s(&tokens),
+        "--state-dir",
+        s(&sb.join("state")),
+        "--job",
+        "tok",
+        "--rounds",
+        "1",
+        "--min-clients",
+        "3",
+        "--cohort",
+        "3",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    for id in 1..=3 {
+        sb.mkdir(&format!("w{id}"));
+    }
+    let client = |id: u64, token_file: &Path| {
+        a.spawn([
+            "client",
+            "--server",
+            &server_addr,
+            "--pki",
+            s(&pki),
+            "--id",
+            &id.to_string(),
+            "--token-file",
+            s(token_file),
+            "--identity-key",
+            s(&out_dir.join(format!("{id}.identity.key"))),
+            "--train-cmd",
+            r#"cp "$AEGIS_GLOBAL_MODEL" "$AEGIS_LOCAL_MODEL"; echo '{"num_examples": 5}' > "$AEGIS_METRICS""#,
+            "--work-dir",
+            s(&sb.join(&format!("w{id}"))),
+        ])
+    };
+    // A wrong token: refused, with one line saying so.
+    let bad = sb.join("bad.token");
+    std::fs::write(&bad, b"aegis_notavalidtokennotavalidtokennotavalidtok\n").unwrap();
+    std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut wrong = client(1, &bad);
+    assert!(!wait_exit(&mut wrong, Duration::from_secs(30)).success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(wrong.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("unknown or revoked token"), "{err}");
+
+    let mut honest: Vec<Child> = (1..=3)
+        .map(|id| client(id, &out_dir.join(format!("{id}.token"))))
+        .collect();
+    let st = wait_exit(&mut server, Duration::from_secs(120));
+    assert!(st.success());
+    for c in &mut honest {
+        assert!(wait_exit(c, Duration::from_secs(30)).success());
+    }
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(sb.join("state/jobs/tok/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(v["history"][0]["survived"], 3);
+}

@@ -106,6 +106,46 @@ impl ClientOptions {
     }
 }
 
+impl ClientOptions {
+    /// Options for client `id` authenticating with a bearer token (no client certificate):
+    /// the SecAgg identity is the Ed25519 key in `identity_key` (PKCS#8 PEM) whose public half
+    /// the server's token file records. Without certificates a client cannot check its
+    /// neighbours' identities itself ([`aegis_secagg::TrustRoster`]): token mode protects
+    /// against the network and other clients, but trusts the server's roster
+    /// (docs/threat-model.md).
+    pub fn with_token(
+        server: &str,
+        ca: &std::path::Path,
+        token: zeroize::Zeroizing<String>,
+        identity_key: &std::path::Path,
+        id: ClientId,
+    ) -> Result<ClientOptions> {
+        let tls = aegis_transport::ClientTls::from_pem_files(ca, None)
+            .and_then(aegis_transport::ClientTls::into_config)
+            .map_err(|e| Error::Connection(e.to_string()))?;
+        let key_der = aegis_transport::tls::load_private_key(identity_key)
+            .map_err(|e| Error::Connection(e.to_string()))?;
+        let identity = IdentityKey::from_pkcs8(key_der.secret_der()).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "{}: not an Ed25519 PKCS#8 key",
+                identity_key.display()
+            ))
+        })?;
+        Ok(ClientOptions {
+            server: server.to_string(),
+            server_name: "localhost".to_string(),
+            tls,
+            token: Some(token),
+            id,
+            identity: Arc::new(identity),
+            verifier: Arc::new(aegis_secagg::TrustRoster),
+            max_message: DEFAULT_MAX_MESSAGE,
+            connect_timeout: Duration::from_secs(10),
+            drop_at: None,
+        })
+    }
+}
+
 impl std::fmt::Debug for ClientOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientOptions")

@@ -512,3 +512,24 @@ pub fn issue_server(dir: &Path, sans: &[String], force: bool) -> Result<(PathBuf
     issued.write(&cert, &key, force)?;
     Ok((cert, key))
 }
+
+/// Writes a new Ed25519 private key (PKCS#8 PEM, 0600) to `path` for a client that
+/// authenticates with a bearer token instead of a certificate: its SecAgg identity key, whose
+/// public half the server's token file records. Returns the 32-byte public key. Refused if
+/// `path` exists.
+pub fn write_identity_key(path: &Path) -> Result<[u8; 32]> {
+    if path.exists() {
+        return Err(Error::Exists(path.to_owned()));
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        ensure_dir(parent)?;
+    }
+    let key = ed25519_key()?;
+    let public: [u8; 32] = key
+        .public_key_raw()
+        .try_into()
+        .map_err(|_| Error::Certificate("unexpected Ed25519 public key length".into()))?;
+    let pem = Zeroizing::new(key.serialize_pem());
+    aegis_crypto::fsutil::create_private(path, pem.as_bytes())?;
+    Ok(public)
+}
