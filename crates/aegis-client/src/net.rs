@@ -262,11 +262,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn status_error(s: &tonic::Status) -> Error {
-    let text = if s.message().is_empty() {
+    let mut text = if s.message().is_empty() {
         format!("{:?}", s.code())
     } else {
         format!("{:?}: {}", s.code(), s.message())
     };
+    // The TLS alert (certificate required, unknown CA, …) is in the source chain.
+    if let Some(source) = std::error::Error::source(s) {
+        let chain = error_chain(source);
+        if !text.contains(&chain) {
+            text.push_str(": ");
+            text.push_str(&chain);
+        }
+    }
     match s.code() {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
             Error::Protocol(format!("refused by the server: {text}"))
@@ -456,6 +464,22 @@ pub async fn run<T: Trainer + Send + 'static>(
                     if let Some(t) = r.training.take() {
                         t.abort();
                     }
+                    // Tell the server at once (unless it ended the round itself), so it does
+                    // not wait for this client until the stage deadline.
+                    if !matches!(
+                        e,
+                        Error::SecAgg(aegis_secagg::Error::Refused(
+                            aegis_secagg::Refusal::ServerAborted(_)
+                        ))
+                    ) {
+                        let _ = send(ClientFrame {
+                            kind: Some(ClientKind::Decline(Decline {
+                                round: r.start.round,
+                                reason: e.to_string(),
+                            })),
+                        })
+                        .await;
+                    }
                 }
             }
             Some(ServerKind::End(end)) => {
@@ -556,16 +580,8 @@ where
         .ok_or_else(|| Error::Protocol("masked input requested before the model".into()))?;
     let out = match training.await {
         Ok(Ok(out)) => out,
-        Ok(Err(e)) => {
-            let _ = send(ClientFrame {
-                kind: Some(ClientKind::Decline(Decline {
-                    round,
-                    reason: format!("training failed: {e}"),
-                })),
-            })
-            .await;
-            return Err(e);
-        }
+        // The caller declines the round.
+        Ok(Err(e)) => return Err(e),
         Err(e) => return Err(Error::TrainCommand(format!("training task: {e}"))),
     };
     let mut session = r

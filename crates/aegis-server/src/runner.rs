@@ -371,7 +371,7 @@ impl Runner {
                             Some(ClientKind::Report(r)) if r.round == round => {
                                 reports.insert(id, r);
                             }
-                            Some(ClientKind::Decline(d)) => {
+                            Some(ClientKind::Decline(d)) if d.round == round => {
                                 tracing::info!(client = %id, reason = %d.reason, "client declined the round");
                                 session.disconnected(id);
                             }

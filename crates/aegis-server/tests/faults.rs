@@ -531,7 +531,9 @@ impl aegis_client::Trainer for SlowFailOnce {
         self.calls += 1;
         if self.calls == 1 {
             std::thread::sleep(self.slow);
-            return Err(aegis_client::Error::TrainCommand("the trainer crashed".into()));
+            return Err(aegis_client::Error::TrainCommand(
+                "the trainer crashed".into(),
+            ));
         }
         self.fixed.train(global)
     }
