@@ -2,8 +2,8 @@
 # bench/fl.sh — federated rounds end to end on loopback over TLS 1.3: an `aegis server` process
 # and a load-generator process (crates/aegis-server/examples/fl_load.rs) holding N clients, each
 # with its own TLS connection and SecAgg+ client. Reports per case: round latency (from the
-# server's state.json), server CPU time per round (utime+stime of the server process, from
-# /proc, over the whole job divided by the rounds), server and client-process peak RSS.
+# server's state.json), server CPU time per round (user+system time of the server process,
+# from getrusage, over the whole job divided by the rounds), server and client-process peak RSS.
 #
 # Usage: bash bench/fl.sh [--quick]
 #   cases: 100 clients, m = 1M, 10% dropouts, 3 rounds   (the issue's target: ≤ 2 s per round;
@@ -36,11 +36,6 @@ trap cleanup EXIT
 export AEGIS_KEYSTORE=file AEGIS_KEY_FILE="$work/aegis_key.key"
 "$aegis" key init >/dev/null
 
-clk_tck=$(getconf CLK_TCK)
-cpu_seconds() { # utime + stime of a pid, in seconds
-  awk -v t="$clk_tck" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat"
-}
-hwm_mib() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 
 if [[ "${1:-}" == --quick ]]; then
   cases=("20 100000 0.1 1" "1000 1000 0.1 1")
@@ -57,36 +52,39 @@ for c in "${cases[@]}"; do
   echo "== $n clients, m = $m, dropout $drop, $rounds round(s): setting up"
   "$load" setup --dir "$d" --clients "$n" --params "$m"
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$aegis" server --listen "127.0.0.1:$port" --pki "$d/pki" --state-dir "$d/state" \
+  # The server runs under a small Python wrapper that records its CPU time and peak RSS
+  # (getrusage of the child) when it exits after its last round.
+  python3 -c '
+import json, resource, subprocess, sys
+p = subprocess.run(sys.argv[2:], stdout=open(sys.argv[1] + ".out", "w"), stderr=open(sys.argv[1] + ".err", "w"))
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+json.dump({"cpu": r.ru_utime + r.ru_stime, "maxrss_kib": r.ru_maxrss, "code": p.returncode}, open(sys.argv[1], "w"))
+sys.exit(p.returncode)
+' "$d/server.json" "$aegis" server --listen "127.0.0.1:$port" --pki "$d/pki" --state-dir "$d/state" \
     --job bench --rounds "$rounds" --min-clients "$n" --cohort "$n" --gather-grace 30 \
     --dropout-rate "$drop" --max-weight 1000 --model "$d/model.safetensors" \
-    --stage-timeout 120 --train-timeout 120 >"$d/server.out" 2>"$d/server.err" &
+    --stage-timeout 120 --train-timeout 120 &
   server_pid=$!
   sleep 0.5
-  cpu0=$(cpu_seconds "$server_pid")
-  echo "   running (server pid $server_pid)"
+  echo "   running"
   timeout "$TIMEOUT" "$load" run --dir "$d" --server "127.0.0.1:$port" --clients "$n" \
     --params "$m" --drop "$drop" --rounds "$rounds" >"$d/load.json" 2>"$d/load.err" || {
-    echo "load generator failed:"; tail -5 "$d/load.err"; tail -5 "$d/server.err"; exit 1; }
-  # The server exits after its last round; read its CPU and memory just before.
-  for _ in $(seq 1 200); do
-    [[ -d /proc/$server_pid ]] || break
-    cpu1=$(cpu_seconds "$server_pid" 2>/dev/null || echo "$cpu1"); hwm=$(hwm_mib "$server_pid" 2>/dev/null || echo "${hwm:-0}")
-    sleep 0.05
-  done
-  wait "$server_pid" || { echo "server failed:"; tail -5 "$d/server.err"; exit 1; }
+    echo "load generator failed:"; tail -5 "$d/load.err"; tail -5 "$d/server.json.err"; exit 1; }
+  wait "$server_pid" || { echo "server failed:"; tail -5 "$d/server.json.err"; exit 1; }
   server_pid=""
-  stats=$(python3 - "$d/state/jobs/bench/state.json" "$d/load.json" "$cpu0" "$cpu1" "$rounds" "$hwm" <<'PY'
+  stats=$(python3 - "$d/state/jobs/bench/state.json" "$d/load.json" "$d/server.json" "$rounds" <<'PY'
 import json, sys
 state = json.load(open(sys.argv[1])); load = json.load(open(sys.argv[2]))
-cpu = (float(sys.argv[4]) - float(sys.argv[3])) / int(sys.argv[5])
+server = json.load(open(sys.argv[3]))
+cpu = server["cpu"] / int(sys.argv[4])
+hwm = server["maxrss_kib"] / 1024
 h = state["history"]
 lat = [r["seconds"] for r in h]
 ok = all(r["completed"] for r in h)
 surv = "/".join(f'{r["survived"]}' for r in h)
 mb_in = sum(r["bytes_received"] for r in h) / len(h) / 2**20
 mb_out = sum(r["bytes_sent"] for r in h) / len(h) / 2**20
-print(f'{min(lat):.2f}|{sum(lat)/len(lat):.2f}|{max(lat):.2f}|{cpu:.2f}|{surv}|{ok}|{h[0]["degree"]}/{h[0]["threshold"]}|{mb_in:.0f}|{mb_out:.0f}|{sys.argv[6]}|{load["peak_rss_kib"]/1024:.0f}|{load["seconds"]:.1f}')
+print(f'{min(lat):.2f}|{sum(lat)/len(lat):.2f}|{max(lat):.2f}|{cpu:.2f}|{surv}|{ok}|{h[0]["degree"]}/{h[0]["threshold"]}|{mb_in:.0f}|{mb_out:.0f}|{hwm:.0f}|{load["peak_rss_kib"]/1024:.0f}|{load["seconds"]:.1f}')
 PY
 )
   IFS='|' read -r lmin lmean lmax cpu surv ok kt mbin mbout shwm chwm total <<<"$stats"

@@ -282,14 +282,35 @@ impl ServerSession {
             }),
             ctx,
         };
-        let msg = ServerMessage::Setup {
-            session,
-            params,
-            roster,
-        };
+        // Every client gets every id and identity key (it derives the graph from the ids), but
+        // only its neighbours' credentials, the only ones it checks: this keeps a Setup at
+        // O(n + k) credentials instead of O(n) certificates per client (docs/secagg.md §2).
+        let mut keep = vec![false; n as usize];
         for i in 0..n {
+            keep.iter_mut().for_each(|k| *k = false);
+            for &j in s.ctx.nb(i) {
+                if let Some(k) = keep.get_mut(j as usize) {
+                    *k = true;
+                }
+            }
+            let entries = roster
+                .iter()
+                .zip(&keep)
+                .map(|(e, &k)| RosterEntry {
+                    id: e.id,
+                    identity: e.identity,
+                    credential: if k { e.credential.clone() } else { Vec::new() },
+                })
+                .collect();
             let id = s.ctx.id(i);
-            s.ctx.outbox.push_back((id, msg.clone()));
+            s.ctx.outbox.push_back((
+                id,
+                ServerMessage::Setup {
+                    session,
+                    params: params.clone(),
+                    roster: entries,
+                },
+            ));
         }
         Ok(s)
     }

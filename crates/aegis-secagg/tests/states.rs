@@ -20,7 +20,8 @@ use std::collections::BTreeMap;
 
 use aegis_secagg::{
     AbortReason, ClientId, ClientMessage, ClientState, DropReason, Error, Params, Policy,
-    QuantizedInput, Refusal, ServerEvent, ServerMessage, ServerState, SessionId, Stage,
+    QuantizedInput, Refusal, ServerEvent, ServerMessage, ServerSession, ServerState, SessionId,
+    Stage,
 };
 use chacha20::ChaCha20Rng;
 use common::{Net, find};
@@ -884,4 +885,38 @@ fn completed_server_accepts_nothing() {
     for id in net.ids.clone() {
         assert!(matches!(net.client(id).state(), ClientState::Completed));
     }
+}
+
+#[test]
+fn setup_carries_only_the_neighbours_credentials() {
+    // 40 clients, SecAgg+ graph: every Setup lists every id and identity key, but credentials
+    // only of the recipient's neighbours (the only ones it checks), so a Setup does not grow
+    // with n certificates.
+    let params = Params::recommended(40, 8, 1.0, 10, &Policy::default()).unwrap();
+    assert!(!params.is_complete());
+    let (mut roster, _keys) = aegis_secagg::sim::roster(40, 77).unwrap();
+    for e in &mut roster {
+        e.credential = format!("certificate of {}", e.id).into_bytes();
+    }
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let mut server = ServerSession::start(params, roster.clone(), &mut rng).unwrap();
+    let mut count = 0;
+    while let Some((to, msg)) = server.poll_outbox() {
+        let ServerMessage::Setup { roster: got, .. } = msg else {
+            panic!("only Setup messages at the start");
+        };
+        let neighbours = server.neighbours(to);
+        assert_eq!(neighbours.len(), server.params().degree as usize);
+        assert_eq!(got.len(), roster.len());
+        for (g, e) in got.iter().zip(&roster) {
+            assert_eq!((g.id, g.identity), (e.id, e.identity));
+            if neighbours.contains(&g.id) {
+                assert_eq!(g.credential, e.credential);
+            } else {
+                assert!(g.credential.is_empty(), "{to} got {}'s credential", g.id);
+            }
+        }
+        count += 1;
+    }
+    assert_eq!(count, 40);
 }
