@@ -160,9 +160,9 @@ pub(crate) struct ClientArgs {
     /// The server, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:7443")]
     server: String,
-    /// The name the server's certificate must carry.
-    #[arg(long, default_value = "localhost")]
-    server_name: String,
+    /// The name the server's certificate must carry [default: the host of --server].
+    #[arg(long)]
+    server_name: Option<String>,
     /// PKI directory: ca.pem and, unless --token-file is given, clients/ID.pem and
     /// clients/ID.key.
     #[arg(long, value_name = "DIR")]
@@ -177,8 +177,8 @@ pub(crate) struct ClientArgs {
     /// With --token-file: the Ed25519 key (PEM) that signs this client's SecAgg messages.
     #[arg(long, value_name = "FILE", requires = "token_file")]
     identity_key: Option<PathBuf>,
-    /// Local training data: a digits shard encrypted at rest (from `aegis demo` or
-    /// `aegis data split`); decrypted in memory with the master key.
+    /// Local training data for the built-in softmax trainer: a digits shard encrypted at rest
+    /// (as `aegis demo` writes them), decrypted in memory with the master key.
     #[arg(long, value_name = "FILE")]
     data: Option<PathBuf>,
     /// Train with an external command instead: it reads the global model from
@@ -334,8 +334,13 @@ pub(crate) fn server_cmd(ks: &KeyStore, a: ServerArgs) -> Result<ExitCode> {
             "aegis server: listening on {} (TLS 1.3, client auth {:?}), job {}",
             a.listen, a.client_auth, a.job.job_id
         );
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
             eprintln!("aegis server: shutting down (the job resumes from its last checkpoint)");
         };
         Ok::<_, anyhow::Error>(aegis_server::run(listener, config, shutdown).await?)
@@ -382,7 +387,10 @@ pub(crate) fn client_cmd(ks: &KeyStore, a: ClientArgs) -> Result<ExitCode> {
             aegis_secagg::ClientId(a.id),
         )?,
     };
-    opts.server_name.clone_from(&a.server_name);
+    opts.server_name = match &a.server_name {
+        Some(n) => n.clone(),
+        None => host_of(&a.server)?,
+    };
     opts.drop_at = a.drop_at;
     let rt = runtime()?;
     let summary = if let Some(cmd) = &a.train_cmd {
@@ -420,6 +428,18 @@ pub(crate) fn client_cmd(ks: &KeyStore, a: ClientArgs) -> Result<ExitCode> {
         Exit::ServerClosed => ExitCode::SUCCESS,
         Exit::Dropped(_) => ExitCode::from(3),
     })
+}
+
+/// The host part of `HOST:PORT` (`[::1]:7443` → `::1`), the name to check the certificate for.
+fn host_of(server: &str) -> Result<String> {
+    let host = match server.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map(|(h, _)| h),
+        None => server.rsplit_once(':').map(|(h, _)| h),
+    };
+    match host {
+        Some(h) if !h.is_empty() => Ok(h.to_string()),
+        _ => bail!("--server {server:?}: expected HOST:PORT"),
+    }
 }
 
 /// One line per round for logs.

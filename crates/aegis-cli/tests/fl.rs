@@ -340,3 +340,113 @@ fn token_clients_take_part_and_a_wrong_token_is_refused() {
     .unwrap();
     assert_eq!(v["history"][0]["survived"], 3);
 }
+
+/// `$AEGIS_TEST_PYTHON` (the venv of scripts/test.sh, with safetensors and numpy); required
+/// under CI=true.
+fn python() -> Option<std::path::PathBuf> {
+    match std::env::var_os("AEGIS_TEST_PYTHON").filter(|p| !p.is_empty()) {
+        Some(p) => Some(p.into()),
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("AEGIS_TEST_PYTHON is not set: required under CI=true (run scripts/test.sh)")
+        }
+        None => {
+            eprintln!("skipped: AEGIS_TEST_PYTHON is not set");
+            None
+        }
+    }
+}
+
+#[test]
+fn a_python_trainer_takes_part_through_safetensors_files() {
+    let Some(py) = python() else { return };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/train_step.py");
+    let sb = Sandbox::new();
+    let a = sb.aegis();
+    a.ok(["key", "init"]);
+    let pki = sb.join("pki");
+    a.ok(["certs", "init", "--dir", s(&pki)]);
+    for id in 1..=3 {
+        a.ok([
+            "certs",
+            "issue",
+            "--dir",
+            s(&pki),
+            "--client",
+            &id.to_string(),
+        ]);
+        sb.mkdir(&format!("w{id}"));
+    }
+    let server_addr = format!("127.0.0.1:{}", free_port());
+    let state = sb.join("state");
+    let mut server = a.spawn([
+        "server",
+        "--listen",
+        &server_addr,
+        "--pki",
+        s(&pki),
+        "--state-dir",
+        s(&state),
+        "--job",
+        "py",
+        "--rounds",
+        "2",
+        "--min-clients",
+        "3",
+        "--cohort",
+        "3",
+        "--max-weight",
+        "100",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    // Client i moves every value by 0.01·i and reports 10·i examples: each round moves the
+    // model by the weighted mean Σ 10i · 0.01i / Σ 10i = 0.14 / 6.
+    let mut clients: Vec<Child> = (1..=3u32)
+        .map(|i| {
+            let cmd = format!(
+                "'{}' '{}' {} {}",
+                py.display(),
+                script.display(),
+                0.01 * f64::from(i),
+                10 * i
+            );
+            a.spawn([
+                "client",
+                "--server",
+                &server_addr,
+                "--pki",
+                s(&pki),
+                "--id",
+                &i.to_string(),
+                "--train-cmd",
+                &cmd,
+                // Relative to the client's working directory (the sandbox).
+                "--work-dir",
+                &format!("w{i}"),
+            ])
+        })
+        .collect();
+    let st = wait_exit(&mut server, Duration::from_secs(120));
+    let mut err = String::new();
+    std::io::Read::read_to_string(server.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(st.success(), "{err}");
+    for c in &mut clients {
+        assert!(wait_exit(c, Duration::from_secs(30)).success());
+    }
+    let plain = sb.join("final.safetensors");
+    a.ok([
+        "decrypt",
+        s(&state.join("jobs/py/round-0002.aegis")),
+        "-o",
+        s(&plain),
+    ]);
+    let model = aegis_client::Model::from_safetensors(&std::fs::read(&plain).unwrap()).unwrap();
+    let want = 2.0 * 0.14 / 6.0;
+    for v in model.flatten() {
+        assert!((f64::from(v) - want).abs() < 1e-4, "{v} vs {want}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("jobs/py/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(v["history"][1]["weight_sum"], 60);
+    assert!((v["history"][1]["accuracy"].as_f64().unwrap() - 0.75).abs() < 1e-6);
+}

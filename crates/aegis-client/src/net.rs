@@ -302,7 +302,8 @@ fn stage_of(bytes: &[u8]) -> Option<Stage> {
     }
 }
 
-type Training = tokio::task::JoinHandle<Result<TrainOutput>>;
+/// Training in progress: its output and how long it took.
+type Training = tokio::task::JoinHandle<Result<(TrainOutput, Duration)>>;
 
 /// One round in progress.
 struct Round {
@@ -435,7 +436,8 @@ pub async fn run<T: Trainer + Send + 'static>(
                         if let Some(s) = &settings {
                             t.configure(s);
                         }
-                        t.train(&global)
+                        let started = Instant::now();
+                        t.train(&global).map(|out| (out, started.elapsed()))
                     }));
                 }
             }
@@ -573,13 +575,12 @@ where
     F: std::future::Future<Output = Result<()>>,
 {
     let round = r.start.round;
-    let started = Instant::now();
     let training = r
         .training
         .take()
         .ok_or_else(|| Error::Protocol("masked input requested before the model".into()))?;
-    let out = match training.await {
-        Ok(Ok(out)) => out,
+    let (out, took) = match training.await {
+        Ok(Ok(done)) => done,
         // The caller declines the round.
         Ok(Err(e)) => return Err(e),
         Err(e) => return Err(Error::TrainCommand(format!("training task: {e}"))),
@@ -599,10 +600,9 @@ where
     send(ClientFrame {
         kind: Some(ClientKind::Report(TrainReport {
             round,
-            num_examples: u64::from(weight),
             loss: out.loss,
             accuracy: out.accuracy,
-            train_seconds: started.elapsed().as_secs_f32(),
+            train_seconds: took.as_secs_f32(),
         })),
     })
     .await?;

@@ -212,7 +212,11 @@ impl Trainer for SoftmaxTrainer {
 /// - `AEGIS_LOCAL_MODEL`: where to write the trained model (safetensors, same tensor names and
 ///   shapes, F32);
 /// - `AEGIS_METRICS`: where to write `{"num_examples": N, "loss": L, "accuracy": A}` (JSON;
-///   `num_examples` required, the others optional).
+///   `num_examples` required, the others optional);
+/// - `AEGIS_EPOCHS`, `AEGIS_BATCH_SIZE`, `AEGIS_LEARNING_RATE`: the settings the server
+///   announced for the round (when it announced any).
+///
+/// The model files are written 0600 and removed after the command ran.
 ///
 /// The update sent (masked) is `local − global`. A non-zero exit, a missing output or a model
 /// of another layout fails the round for this client (it declines; nothing is sent).
@@ -220,6 +224,7 @@ impl Trainer for SoftmaxTrainer {
 pub struct CommandTrainer {
     command: String,
     work_dir: std::path::PathBuf,
+    settings: Option<TrainSettings>,
 }
 
 #[derive(serde::Deserialize)]
@@ -239,43 +244,68 @@ impl CommandTrainer {
                 "the training command is empty".into(),
             ));
         }
-        if !work_dir.is_dir() {
-            return Err(Error::InvalidArgument(format!(
-                "{}: not a directory",
-                work_dir.display()
-            )));
-        }
+        // Absolute, since the command runs inside it and is given paths within it.
+        let work_dir = std::fs::canonicalize(work_dir)
+            .ok()
+            .filter(|p| p.is_dir())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("{}: not a directory", work_dir.display()))
+            })?;
         Ok(CommandTrainer {
             command: command.to_string(),
-            work_dir: work_dir.to_owned(),
+            work_dir,
+            settings: None,
         })
     }
 }
 
 impl Trainer for CommandTrainer {
+    fn configure(&mut self, settings: &TrainSettings) {
+        self.settings = Some(*settings);
+    }
+
     fn train(&mut self, global: &Model) -> Result<TrainOutput, Error> {
+        let paths = [
+            self.work_dir.join("aegis-global.safetensors"),
+            self.work_dir.join("aegis-local.safetensors"),
+        ];
+        let out = self.run(global, &paths);
+        for p in &paths {
+            let _ = std::fs::remove_file(p);
+        }
+        out
+    }
+}
+
+impl CommandTrainer {
+    fn run(&self, global: &Model, paths: &[std::path::PathBuf; 2]) -> Result<TrainOutput, Error> {
         let io = |path: &std::path::Path| {
             let path = path.to_owned();
             move |source| Error::Io { path, source }
         };
-        let global_path = self.work_dir.join("aegis-global.safetensors");
-        let local_path = self.work_dir.join("aegis-local.safetensors");
+        let [global_path, local_path] = paths;
         let metrics_path = self.work_dir.join("aegis-metrics.json");
-        for p in [&local_path, &metrics_path] {
+        for p in [local_path, &metrics_path] {
             match std::fs::remove_file(p) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(p)(e)),
                 _ => {}
             }
         }
-        std::fs::write(&global_path, global.to_safetensors()?).map_err(io(&global_path))?;
-        let status = std::process::Command::new("sh")
-            .arg("-c")
+        aegis_crypto::fsutil::replace_private(global_path, &global.to_safetensors()?)?;
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
             .arg(&self.command)
             .current_dir(&self.work_dir)
-            .env("AEGIS_GLOBAL_MODEL", &global_path)
-            .env("AEGIS_LOCAL_MODEL", &local_path)
+            .env("AEGIS_GLOBAL_MODEL", global_path)
+            .env("AEGIS_LOCAL_MODEL", local_path)
             .env("AEGIS_METRICS", &metrics_path)
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::null());
+        if let Some(s) = &self.settings {
+            cmd.env("AEGIS_EPOCHS", s.epochs.to_string())
+                .env("AEGIS_BATCH_SIZE", s.batch_size.to_string())
+                .env("AEGIS_LEARNING_RATE", s.learning_rate.to_string());
+        }
+        let status = cmd
             .status()
             .map_err(|e| Error::TrainCommand(format!("cannot run sh: {e}")))?;
         if !status.success() {
@@ -283,7 +313,7 @@ impl Trainer for CommandTrainer {
                 "the command failed ({status})"
             )));
         }
-        let local_bytes = std::fs::read(&local_path).map_err(io(&local_path))?;
+        let local_bytes = std::fs::read(local_path).map_err(io(local_path))?;
         let local = Model::from_safetensors(&local_bytes)?;
         if !local.same_layout(global) {
             return Err(Error::Shape(

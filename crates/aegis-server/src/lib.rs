@@ -121,6 +121,9 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     config.job.validate()?;
+    // Resuming keeps the model's layout, so its size (in chunks) is known now.
+    let model_bytes = config.initial_model.num_params() * 4 + 4096;
+    let model_chunks = model_bytes.div_ceil(aegis_proto::MODEL_CHUNK) + 1;
     let (events_tx, events_rx) = mpsc::channel(4096);
     let shared = Arc::new(service::Shared::new(
         events_tx,
@@ -128,6 +131,7 @@ where
         config.deadlines.hello,
         config.max_clients,
         config.job.id.clone(),
+        model_chunks,
     ));
     let svc = FederationServer::new(service::FederationService {
         shared: Arc::clone(&shared),

@@ -39,9 +39,10 @@ pub struct RoundMetrics {
     pub params: u64,
     /// Total examples of the survivors (capped weights, from the aggregate).
     pub weight_sum: u64,
-    /// Example-weighted mean of the local losses reported by the survivors.
+    /// Mean of the local losses reported by the survivors (in the clear, unweighted: example
+    /// counts are only known masked).
     pub loss: Option<f64>,
-    /// Example-weighted mean of the local accuracies reported by the survivors.
+    /// Mean of the local accuracies reported by the survivors.
     pub accuracy: Option<f64>,
     /// Bound on the absolute error of each aggregated coordinate from quantization.
     pub quantization_error: Option<f64>,

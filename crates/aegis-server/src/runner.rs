@@ -100,6 +100,12 @@ impl Runner {
                     return Err(Error::Config("state.json belongs to another job".into()));
                 }
                 let model = self.dir.read_checkpoint(&state.checkpoint, &self.keys)?;
+                if !model.same_layout(&initial) {
+                    return Err(Error::Config(format!(
+                        "job {}: its checkpoint's tensors differ from the model given now; give the job's initial model again",
+                        spec.id
+                    )));
+                }
                 tracing::info!(job = %spec.id, rounds_done = state.rounds_done, checkpoint = %state.checkpoint, "resuming job");
                 (state, model)
             }
@@ -115,7 +121,17 @@ impl Runner {
                 (state, initial)
             }
         };
-        // Settings that do not change what was computed may change across a restart.
+        // Only the number of rounds may change across a restart; the rest is the job's.
+        let given = JobSpec {
+            rounds: state.spec.rounds,
+            ..spec.clone()
+        };
+        if given != state.spec {
+            tracing::warn!(
+                job = %spec.id,
+                "resuming with the job's recorded settings; other settings given now are ignored (only the number of rounds may change)"
+            );
+        }
         state.spec.rounds = spec.rounds;
         let spec = state.spec.clone();
         let mut aborts_in_a_row = 0;
@@ -429,13 +445,18 @@ impl Runner {
                 m.survived = agg.survivors.len() as u32;
                 m.weight_sum = agg.weight_sum;
                 survivors.clone_from(&agg.survivors);
+                // Plain means over the survivors' reports (their example counts stay masked);
+                // non-finite or out-of-range values are ignored.
                 let (mut w, mut loss, mut acc) = (0.0, 0.0, 0.0);
                 for id in &survivors {
-                    if let Some(r) = reports.get(id) {
-                        let weight = r.num_examples.min(u64::from(spec.max_weight)) as f64;
-                        w += weight;
-                        loss += weight * f64::from(r.loss);
-                        acc += weight * f64::from(r.accuracy);
+                    if let Some(r) = reports.get(id)
+                        && r.loss.is_finite()
+                        && r.loss >= 0.0
+                        && (0.0..=1.0).contains(&r.accuracy)
+                    {
+                        w += 1.0;
+                        loss += f64::from(r.loss);
+                        acc += f64::from(r.accuracy);
                     }
                 }
                 if w > 0.0 {

@@ -19,8 +19,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Identity, TokenTable, authenticate};
 
-/// Frames queued for one client at most; a client that lets its queue fill up is too slow and
-/// is disconnected (the round treats it as a dropout).
+/// Frames queued for one client at most besides the model's chunks (which are slices of one
+/// shared buffer, so queueing them costs no memory); a client that lets its queue fill up is
+/// too slow and is dropped from the round (a dropout; its connection stays for later rounds).
 pub(crate) const OUTBOUND_QUEUE: usize = 64;
 
 /// What the service tells the round runner.
@@ -53,6 +54,7 @@ pub(crate) struct Shared {
     hello_timeout: Duration,
     max_clients: usize,
     job_id: String,
+    queue: usize,
 }
 
 /// Why a frame could not be queued for a client.
@@ -71,6 +73,7 @@ impl Shared {
         hello_timeout: Duration,
         max_clients: usize,
         job_id: String,
+        model_chunks: usize,
     ) -> Shared {
         Shared {
             conns: Mutex::new(HashMap::new()),
@@ -80,6 +83,7 @@ impl Shared {
             hello_timeout,
             max_clients,
             job_id,
+            queue: OUTBOUND_QUEUE + model_chunks,
         }
     }
 
@@ -193,7 +197,7 @@ impl Federation for FederationService {
             _ => return Err(Status::invalid_argument("the first frame must be Hello")),
         }
         let id = identity.id;
-        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let (tx, rx) = mpsc::channel(shared.queue);
         let welcome = ServerFrame {
             kind: Some(ServerKind::Welcome(Welcome {
                 client_id: id.0,
