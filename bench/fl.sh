@@ -84,15 +84,17 @@ ok = all(r["completed"] for r in h)
 surv = "/".join(f'{r["survived"]}' for r in h)
 mb_in = sum(r["bytes_received"] for r in h) / len(h) / 2**20
 mb_out = sum(r["bytes_sent"] for r in h) / len(h) / 2**20
-print(f'{min(lat):.2f}|{sum(lat)/len(lat):.2f}|{max(lat):.2f}|{cpu:.2f}|{surv}|{ok}|{h[0]["degree"]}/{h[0]["threshold"]}|{mb_in:.0f}|{mb_out:.0f}|{hwm:.0f}|{load["peak_rss_kib"]/1024:.0f}|{load["seconds"]:.1f}')
+ccpu = load["cpu_seconds"] / int(sys.argv[4])
+n = load["clients"]
+print(f'{min(lat):.2f}|{sum(lat)/len(lat):.2f}|{max(lat):.2f}|{cpu:.2f}|{surv}|{ok}|{h[0]["degree"]}/{h[0]["threshold"]}|{mb_in:.0f}|{mb_out:.0f}|{hwm:.0f}|{load["peak_rss_kib"]/1024:.0f}|{ccpu:.2f}|{1000 * ccpu / n:.0f}')
 PY
 )
-  IFS='|' read -r lmin lmean lmax cpu surv ok kt mbin mbout shwm chwm total <<<"$stats"
-  echo "   latency min/mean/max $lmin/$lmean/$lmax s; server CPU $cpu s/round; survivors $surv; completed: $ok"
-  rows+=("| $n | $m | $drop | $kt | $surv | $lmean ($lmin–$lmax) | $cpu | $mbin / $mbout | $shwm | $chwm |")
+  IFS='|' read -r lmin lmean lmax cpu surv ok kt mbin mbout shwm chwm ccpu cms <<<"$stats"
+  echo "   latency min/mean/max $lmin/$lmean/$lmax s; server CPU $cpu s/round; clients CPU $ccpu s/round ($cms ms each); survivors $surv; completed: $ok"
+  rows+=("| $n | $m | $drop | $kt | $surv | $lmean ($lmin–$lmax) | $cpu | $ccpu ($cms ms per client) | $mbin / $mbout | $shwm | $chwm |")
 done
 
 echo
-echo "| clients | m | dropout | k/t | survivors per round | round latency s, mean (min–max) | server CPU s/round | MiB in / out per round (server) | server peak RSS MiB | client process peak RSS MiB |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| clients | m | dropout | k/t | survivors per round | round latency s, mean (min–max) | server CPU s/round | all clients' CPU s/round | MiB in / out per round (server) | server peak RSS MiB | client process peak RSS MiB |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"

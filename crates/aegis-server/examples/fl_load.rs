@@ -88,6 +88,20 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// User + system CPU seconds of this process so far (/proc/self/stat; USER_HZ is 100 on
+/// Linux).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
 fn raise_fd_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut lim = getrlimit(Resource::Nofile);
@@ -219,10 +233,11 @@ fn run(args: &[String], dir: &std::path::Path, clients: u64) {
         eprintln!("{f}");
     }
     println!(
-        "{{\"clients\": {clients}, \"finished\": {}, \"failed\": {}, \"seconds\": {:.3}, \"peak_rss_kib\": {}}}",
+        "{{\"clients\": {clients}, \"finished\": {}, \"failed\": {}, \"seconds\": {:.3}, \"cpu_seconds\": {:.3}, \"peak_rss_kib\": {}}}",
         ok.len(),
         failed.len(),
         start.elapsed().as_secs_f64(),
+        cpu_seconds(),
         peak_rss_kib()
     );
     if !failed.is_empty() {

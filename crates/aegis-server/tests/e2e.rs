@@ -19,13 +19,6 @@ use aegis_client::net::Exit;
 use aegis_client::{Model, SoftmaxTrainer, evaluate};
 use common::*;
 
-/// Client `i`'s fixed update: distinct values in [−0.9, 0.9].
-fn delta(i: u64, m: usize) -> Vec<f32> {
-    (0..m)
-        .map(|j| (((i as usize * 7 + j * 13) % 19) as f32 - 9.0) / 10.0)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_global_model_moves_by_the_weighted_mean_of_the_updates() {
     let fed = Fed::new(5);

@@ -27,37 +27,6 @@ use aegis_server::{JobDir, JobSpec, RoundMetrics, metrics};
 use common::*;
 use tokio::sync::oneshot;
 
-/// Client `i`'s fixed update: distinct values in [−0.9, 0.9].
-fn delta(i: u64, m: usize) -> Vec<f32> {
-    (0..m)
-        .map(|j| (((i as usize * 7 + j * 13) % 19) as f32 - 9.0) / 10.0)
-        .collect()
-}
-
-/// Client `i`'s FedAvg weight.
-fn weight(i: u64) -> u32 {
-    10 * i as u32
-}
-
-fn trainer(i: u64, m: usize) -> FixedTrainer {
-    FixedTrainer {
-        delta: delta(i, m),
-        weight: weight(i),
-    }
-}
-
-/// The weighted mean of the updates of `ids`, in f64.
-fn fedavg(ids: &[u64], m: usize) -> Vec<f64> {
-    let total: f64 = ids.iter().map(|&i| f64::from(weight(i))).sum();
-    let mut mean = vec![0.0f64; m];
-    for &i in ids {
-        for (acc, d) in mean.iter_mut().zip(delta(i, m)) {
-            *acc += f64::from(weight(i)) * f64::from(d) / total;
-        }
-    }
-    mean
-}
-
 fn weight_sum(ids: &[u64]) -> u64 {
     ids.iter().map(|&i| u64::from(weight(i))).sum()
 }

@@ -39,24 +39,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use zeroize::Zeroizing;
 
-/// Client `i`'s fixed update: distinct values in [−0.9, 0.9].
-fn delta(i: u64, m: usize) -> Vec<f32> {
-    (0..m)
-        .map(|j| (((i as usize * 7 + j * 13) % 19) as f32 - 9.0) / 10.0)
-        .collect()
-}
-
-fn weight(i: u64) -> u32 {
-    10 * i as u32
-}
-
-fn trainer(i: u64, m: usize) -> FixedTrainer {
-    FixedTrainer {
-        delta: delta(i, m),
-        weight: weight(i),
-    }
-}
-
 fn os_rng() -> ChaCha20Rng {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).unwrap();

@@ -181,3 +181,35 @@ pub fn checkpoint(fed: &Fed, outcome: &JobOutcome) -> Model {
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// Client `i`'s fixed update: distinct values in [−0.9, 0.9].
+pub fn delta(i: u64, m: usize) -> Vec<f32> {
+    (0..m)
+        .map(|j| (((i as usize * 7 + j * 13) % 19) as f32 - 9.0) / 10.0)
+        .collect()
+}
+
+/// Client `i`'s FedAvg weight.
+pub fn weight(i: u64) -> u32 {
+    10 * i as u32
+}
+
+/// Client `i`'s trainer: [`delta`] with [`weight`].
+pub fn trainer(i: u64, m: usize) -> FixedTrainer {
+    FixedTrainer {
+        delta: delta(i, m),
+        weight: weight(i),
+    }
+}
+
+/// The weighted mean of the updates of `ids`, in f64.
+pub fn fedavg(ids: &[u64], m: usize) -> Vec<f64> {
+    let total: f64 = ids.iter().map(|&i| f64::from(weight(i))).sum();
+    let mut mean = vec![0.0f64; m];
+    for &i in ids {
+        for (acc, d) in mean.iter_mut().zip(delta(i, m)) {
+            *acc += f64::from(weight(i)) * f64::from(d) / total;
+        }
+    }
+    mean
+}
