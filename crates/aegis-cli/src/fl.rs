@@ -442,14 +442,19 @@ fn host_of(server: &str) -> Result<String> {
     }
 }
 
-/// One line per round for logs.
-fn round_line(m: &RoundMetrics, test: Option<(f32, f32)>) -> String {
-    let drops: Vec<String> = STAGES
+/// `"<count><sep><stage>"` for every stage that dropped clients.
+fn drops(m: &RoundMetrics, sep: &str, close: &str) -> Vec<String> {
+    STAGES
         .iter()
         .zip(m.dropped)
         .filter(|(_, d)| *d > 0)
-        .map(|(s, d)| format!("{d} in {s}"))
-        .collect();
+        .map(|(s, d)| format!("{d}{sep}{s}{close}"))
+        .collect()
+}
+
+/// One line per round for logs.
+fn round_line(m: &RoundMetrics, test: Option<(f32, f32)>) -> String {
+    let drops = drops(m, " in ", "");
     format!(
         "round {}: {} — {}/{} survived{}{}, {:.2} s",
         m.round,
@@ -737,12 +742,7 @@ fn print_header() {
 }
 
 fn print_row(m: &RoundMetrics, test: Option<(f32, f32)>) {
-    let drops: Vec<String> = STAGES
-        .iter()
-        .zip(m.dropped)
-        .filter(|(_, d)| *d > 0)
-        .map(|(s, d)| format!("{d} ({s})"))
-        .collect();
+    let drops = drops(m, " (", ")");
     let (loss, acc) = test.map_or(("–".to_string(), "–".to_string()), |(l, a)| {
         (format!("{l:.3}"), format!("{a:.3}"))
     });

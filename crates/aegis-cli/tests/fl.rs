@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
@@ -83,6 +83,36 @@ fn demo_runs_rounds_with_a_dropout_and_leaves_an_encrypted_model() {
     );
 }
 
+/// A master key, a development PKI in `pki/` with certificates for clients 1..=`clients`, and
+/// a working directory `w<id>` per client; returns the PKI directory.
+fn federation(sb: &Sandbox, clients: u64) -> PathBuf {
+    let a = sb.aegis();
+    a.ok(["key", "init"]);
+    let pki = sb.join("pki");
+    a.ok(["certs", "init", "--dir", s(&pki)]);
+    for id in 1..=clients {
+        a.ok([
+            "certs",
+            "issue",
+            "--dir",
+            s(&pki),
+            "--client",
+            &id.to_string(),
+        ]);
+        sb.mkdir(&format!("w{id}"));
+    }
+    pki
+}
+
+/// Everything the child wrote to `pipe` (after it exited).
+fn drain(pipe: Option<&mut impl std::io::Read>) -> String {
+    let mut out = String::new();
+    if let Some(p) = pipe {
+        let _ = p.read_to_string(&mut out);
+    }
+    out
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -117,22 +147,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 fn a_server_killed_mid_job_resumes_from_its_last_checkpoint() {
     let sb = Sandbox::new();
     let a = sb.aegis();
-    a.ok(["key", "init"]);
-    let pki = sb.join("pki");
-    a.ok(["certs", "init", "--dir", s(&pki)]);
-    for id in 1..=3 {
-        a.ok([
-            "certs",
-            "issue",
-            "--dir",
-            s(&pki),
-            "--client",
-            &id.to_string(),
-        ]);
-    }
-    for id in 1..=3 {
-        sb.mkdir(&format!("work{id}"));
-    }
+    let pki = federation(&sb, 3);
     // An external trainer: returns the global model unchanged after a short "training" and
     // reports 10 examples.
     let train_cmd = r#"sleep 0.2; cp "$AEGIS_GLOBAL_MODEL" "$AEGIS_LOCAL_MODEL"; echo '{"num_examples": 10, "loss": 0.5, "accuracy": 0.8}' > "$AEGIS_METRICS""#;
@@ -172,7 +187,7 @@ fn a_server_killed_mid_job_resumes_from_its_last_checkpoint() {
                     "--train-cmd",
                     train_cmd,
                     "--work-dir",
-                    s(&sb.join(&format!("work{id}"))),
+                    s(&sb.join(&format!("w{id}"))),
                 ])
             })
             .collect()
@@ -204,8 +219,7 @@ fn a_server_killed_mid_job_resumes_from_its_last_checkpoint() {
     std::thread::sleep(Duration::from_millis(300));
     let mut second = clients(&a);
     let st = wait_exit(&mut server, Duration::from_secs(120));
-    let mut out = String::new();
-    std::io::Read::read_to_string(server.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let out = drain(server.stdout.as_mut());
     assert!(st.success(), "server: {out}");
     assert!(out.contains("6 of 6 rounds done"), "{out}");
     for c in &mut second {
@@ -322,8 +336,7 @@ fn token_clients_take_part_and_a_wrong_token_is_refused() {
     std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let mut wrong = client(1, &bad);
     assert!(!wait_exit(&mut wrong, Duration::from_secs(30)).success());
-    let mut err = String::new();
-    std::io::Read::read_to_string(wrong.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let err = drain(wrong.stderr.as_mut());
     assert!(err.contains("unknown or revoked token"), "{err}");
 
     let mut honest: Vec<Child> = (1..=3)
@@ -362,20 +375,7 @@ fn a_python_trainer_takes_part_through_safetensors_files() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/train_step.py");
     let sb = Sandbox::new();
     let a = sb.aegis();
-    a.ok(["key", "init"]);
-    let pki = sb.join("pki");
-    a.ok(["certs", "init", "--dir", s(&pki)]);
-    for id in 1..=3 {
-        a.ok([
-            "certs",
-            "issue",
-            "--dir",
-            s(&pki),
-            "--client",
-            &id.to_string(),
-        ]);
-        sb.mkdir(&format!("w{id}"));
-    }
+    let pki = federation(&sb, 3);
     let server_addr = format!("127.0.0.1:{}", free_port());
     let state = sb.join("state");
     let mut server = a.spawn([
@@ -426,8 +426,7 @@ fn a_python_trainer_takes_part_through_safetensors_files() {
         })
         .collect();
     let st = wait_exit(&mut server, Duration::from_secs(120));
-    let mut err = String::new();
-    std::io::Read::read_to_string(server.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let err = drain(server.stderr.as_mut());
     assert!(st.success(), "{err}");
     for c in &mut clients {
         assert!(wait_exit(c, Duration::from_secs(30)).success());

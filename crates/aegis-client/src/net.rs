@@ -78,27 +78,48 @@ impl ClientOptions {
         key: &std::path::Path,
         id: ClientId,
     ) -> Result<ClientOptions> {
-        let tls = aegis_transport::ClientTls::from_pem_files(ca, Some((cert, key)))
+        let verifier = aegis_transport::CertRosterVerifier::from_pem_file(ca)
+            .map_err(|e| Error::Connection(e.to_string()))?;
+        ClientOptions::build(
+            server,
+            ca,
+            Some((cert, key)),
+            key,
+            None,
+            id,
+            Arc::new(verifier),
+        )
+    }
+
+    /// The options shared by both kinds of authentication.
+    fn build(
+        server: &str,
+        ca: &std::path::Path,
+        certificate: Option<(&std::path::Path, &std::path::Path)>,
+        identity_key: &std::path::Path,
+        token: Option<zeroize::Zeroizing<String>>,
+        id: ClientId,
+        verifier: Arc<dyn RosterVerifier>,
+    ) -> Result<ClientOptions> {
+        let tls = aegis_transport::ClientTls::from_pem_files(ca, certificate)
             .and_then(aegis_transport::ClientTls::into_config)
             .map_err(|e| Error::Connection(e.to_string()))?;
-        let key_der = aegis_transport::tls::load_private_key(key)
+        let key_der = aegis_transport::tls::load_private_key(identity_key)
             .map_err(|e| Error::Connection(e.to_string()))?;
         let identity = IdentityKey::from_pkcs8(key_der.secret_der()).map_err(|_| {
             Error::InvalidArgument(format!(
                 "{}: not an Ed25519 PKCS#8 key (client keys issued before Ed25519 must be re-issued)",
-                key.display()
+                identity_key.display()
             ))
         })?;
-        let verifier = aegis_transport::CertRosterVerifier::from_pem_file(ca)
-            .map_err(|e| Error::Connection(e.to_string()))?;
         Ok(ClientOptions {
             server: server.to_string(),
             server_name: "localhost".to_string(),
             tls,
-            token: None,
+            token,
             id,
             identity: Arc::new(identity),
-            verifier: Arc::new(verifier),
+            verifier,
             max_message: DEFAULT_MAX_MESSAGE,
             connect_timeout: Duration::from_secs(10),
             drop_at: None,
@@ -120,29 +141,15 @@ impl ClientOptions {
         identity_key: &std::path::Path,
         id: ClientId,
     ) -> Result<ClientOptions> {
-        let tls = aegis_transport::ClientTls::from_pem_files(ca, None)
-            .and_then(aegis_transport::ClientTls::into_config)
-            .map_err(|e| Error::Connection(e.to_string()))?;
-        let key_der = aegis_transport::tls::load_private_key(identity_key)
-            .map_err(|e| Error::Connection(e.to_string()))?;
-        let identity = IdentityKey::from_pkcs8(key_der.secret_der()).map_err(|_| {
-            Error::InvalidArgument(format!(
-                "{}: not an Ed25519 PKCS#8 key",
-                identity_key.display()
-            ))
-        })?;
-        Ok(ClientOptions {
-            server: server.to_string(),
-            server_name: "localhost".to_string(),
-            tls,
-            token: Some(token),
+        ClientOptions::build(
+            server,
+            ca,
+            None,
+            identity_key,
+            Some(token),
             id,
-            identity: Arc::new(identity),
-            verifier: Arc::new(aegis_secagg::TrustRoster),
-            max_message: DEFAULT_MAX_MESSAGE,
-            connect_timeout: Duration::from_secs(10),
-            drop_at: None,
-        })
+            Arc::new(aegis_secagg::TrustRoster),
+        )
     }
 }
 
