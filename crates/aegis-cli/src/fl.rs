@@ -425,7 +425,18 @@ pub(crate) fn client_cmd(ks: &KeyStore, a: ClientArgs) -> Result<ExitCode> {
         );
     }
     Ok(match summary.exit {
-        Exit::ServerClosed => ExitCode::SUCCESS,
+        Exit::JobFinished => {
+            println!("the job is complete");
+            ExitCode::SUCCESS
+        }
+        Exit::ServerStopped(reason) => {
+            eprintln!("aegis client: the server stopped: {reason}");
+            ExitCode::from(3)
+        }
+        Exit::ServerClosed => {
+            eprintln!("aegis client: the server closed the connection");
+            ExitCode::from(3)
+        }
         Exit::Dropped(_) => ExitCode::from(3),
     })
 }

@@ -183,7 +183,12 @@ pub struct RoundReport {
 /// How a client's participation ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Exit {
-    /// The server ended the stream (the job is over, or the server shut down).
+    /// The job ran all its rounds.
+    JobFinished,
+    /// The server stopped before the end of the job (it resumes the job when it runs again),
+    /// or the job failed; the server's reason.
+    ServerStopped(String),
+    /// The server ended the stream without saying why.
     ServerClosed,
     /// The client left on purpose ([`ClientOptions::drop_at`]).
     Dropped(DropAt),
@@ -376,6 +381,7 @@ pub async fn run<T: Trainer + Send + 'static>(
     let mut rng = Some(os_rng()?);
     let mut round: Option<Round> = None;
     let mut reports = Vec::new();
+    let mut exit = None;
     let send = |frame: ClientFrame| {
         let tx = tx.clone();
         async move {
@@ -495,13 +501,21 @@ pub async fn run<T: Trainer + Send + 'static>(
                 let r = round.take();
                 reports.push(finish(end, r.as_ref()));
             }
+            Some(ServerKind::Goodbye(g)) => {
+                tracing::info!(finished = g.job_finished, reason = %g.reason, "the server said goodbye");
+                exit = Some(if g.job_finished {
+                    Exit::JobFinished
+                } else {
+                    Exit::ServerStopped(g.reason)
+                });
+            }
             Some(ServerKind::Welcome(_)) | None => {
                 return Err(Error::Protocol("unexpected frame from the server".into()));
             }
         }
     }
     Ok(ClientSummary {
-        exit: Exit::ServerClosed,
+        exit: exit.unwrap_or(Exit::ServerClosed),
         job_id: welcome.job_id,
         rounds: reports,
     })

@@ -171,7 +171,11 @@ where
     let outcome = runner.run(config.job, config.initial_model).await;
 
     // Graceful end: every stream completes, then the listener stops.
-    shared.close_all();
+    match &outcome {
+        Ok(o) if o.finished => shared.close_all(true, "the job is complete"),
+        Ok(_) => shared.close_all(false, "the server is stopping; the job resumes later"),
+        Err(e) => shared.close_all(false, &format!("the job failed: {e}")),
+    }
     stopper.abort();
     let _ = serve_stop_tx.send(());
     match tokio::time::timeout(Duration::from_secs(10), server).await {

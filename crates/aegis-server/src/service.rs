@@ -149,9 +149,18 @@ impl Shared {
         })
     }
 
-    /// Ends every stream (graceful shutdown: clients see their stream complete).
-    pub(crate) fn close_all(&self) {
-        self.conns().clear();
+    /// Says goodbye on every stream and ends it (clients see their stream complete).
+    pub(crate) fn close_all(&self, job_finished: bool, reason: &str) {
+        let mut conns = self.conns();
+        for conn in conns.values() {
+            let _ = conn.tx.try_send(Ok(ServerFrame {
+                kind: Some(ServerKind::Goodbye(aegis_proto::v1::Goodbye {
+                    job_finished,
+                    reason: reason.to_string(),
+                })),
+            }));
+        }
+        conns.clear();
     }
 }
 

@@ -42,7 +42,7 @@ async fn the_global_model_moves_by_the_weighted_mean_of_the_updates() {
     assert!(outcome.finished);
     for c in clients {
         let s = join_client(c).await.unwrap();
-        assert_eq!(s.exit, Exit::ServerClosed);
+        assert_eq!(s.exit, Exit::JobFinished);
         assert_eq!(s.job_id, "exact");
         assert_eq!(s.rounds.len(), 2);
         assert!(s.rounds.iter().all(|r| r.completed && r.included));

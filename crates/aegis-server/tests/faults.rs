@@ -117,7 +117,7 @@ async fn one_client_leaves_at(stage: Stage) {
             assert_eq!(s.exit, Exit::Dropped(drop));
             assert!(s.rounds.is_empty(), "{:?}", s.rounds);
         } else {
-            assert_eq!(s.exit, Exit::ServerClosed);
+            assert_eq!(s.exit, Exit::JobFinished);
             let r: Vec<_> = s.rounds.iter().map(|r| r.round).collect();
             assert_eq!(r, [1, 2], "client {i}");
             assert!(
@@ -246,14 +246,14 @@ async fn too_many_dropouts_abort_the_round_and_returning_clients_complete_the_ne
     assert!(outcome.finished);
 
     let s = join_client(stayer).await.unwrap();
-    assert_eq!(s.exit, Exit::ServerClosed);
+    assert_eq!(s.exit, Exit::JobFinished);
     assert_eq!(s.rounds.len(), 2, "{:?}", s.rounds);
     assert!(!s.rounds[0].completed && !s.rounds[0].included);
     assert!(!s.rounds[0].reason.is_empty());
     assert!(s.rounds[1].completed && s.rounds[1].included);
     for c in returned {
         let s = join_client(c).await.unwrap();
-        assert_eq!(s.exit, Exit::ServerClosed);
+        assert_eq!(s.exit, Exit::JobFinished);
         assert_eq!(s.rounds.len(), 1, "{:?}", s.rounds);
         assert_eq!(s.rounds[0].round, 2);
         assert!(s.rounds[0].completed && s.rounds[0].included);
@@ -334,7 +334,7 @@ async fn a_client_reconnecting_mid_round_takes_part_in_the_next_round() {
     assert!(outcome.finished);
 
     let s = join_client(second_run).await.unwrap();
-    assert_eq!(s.exit, Exit::ServerClosed);
+    assert_eq!(s.exit, Exit::JobFinished);
     assert_eq!(s.rounds.len(), 1, "{:?}", s.rounds);
     assert_eq!(s.rounds[0].round, 2);
     assert!(
@@ -344,7 +344,7 @@ async fn a_client_reconnecting_mid_round_takes_part_in_the_next_round() {
     );
     for c in clients {
         let s = join_client(c).await.unwrap();
-        assert_eq!(s.exit, Exit::ServerClosed);
+        assert_eq!(s.exit, Exit::JobFinished);
         assert_eq!(s.rounds.len(), 2);
         assert!(s.rounds.iter().all(|r| r.completed && r.included));
     }
@@ -421,7 +421,10 @@ async fn a_server_shut_down_mid_job_resumes_from_its_checkpoint() {
     assert_eq!(first.state.checkpoint, JobDir::checkpoint_name(1));
     for c in clients {
         let s = join_client(c).await.unwrap();
-        assert_eq!(s.exit, Exit::ServerClosed);
+        assert_eq!(
+            s.exit,
+            Exit::ServerStopped("the server is stopping; the job resumes later".into())
+        );
         // Round 1 completed for every client; a round 2 cut short by the shutdown (if it had
         // started) did not complete.
         assert!(s.rounds[0].round == 1 && s.rounds[0].completed && s.rounds[0].included);
@@ -467,7 +470,7 @@ async fn a_server_shut_down_mid_job_resumes_from_its_checkpoint() {
     assert!(outcome.finished);
     for c in clients {
         let s = join_client(c).await.unwrap();
-        assert_eq!(s.exit, Exit::ServerClosed);
+        assert_eq!(s.exit, Exit::JobFinished);
         let r: Vec<_> = s.rounds.iter().map(|r| r.round).collect();
         assert_eq!(r, [2, 3], "the resumed server ran rounds 2 and 3 only");
         assert!(s.rounds.iter().all(|r| r.completed && r.included));

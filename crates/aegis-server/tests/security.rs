@@ -88,7 +88,7 @@ async fn run_honest(fed: &Fed, addr: SocketAddr, ids: &[u64], m: usize) {
         .collect();
     for c in clients {
         let s = join_client(c).await.unwrap();
-        assert_eq!(s.exit, Exit::ServerClosed);
+        assert_eq!(s.exit, Exit::JobFinished);
         assert!(
             s.rounds.iter().all(|r| r.completed && r.included),
             "{:?}",
@@ -301,7 +301,7 @@ async fn tokens_authenticate_and_bad_tokens_are_refused() {
         .collect();
     for c in clients {
         let s = join_client(c).await.unwrap();
-        assert_eq!(s.exit, Exit::ServerClosed);
+        assert_eq!(s.exit, Exit::JobFinished);
         assert_eq!(s.rounds.len(), 1);
         assert!(s.rounds[0].completed && s.rounds[0].included);
     }
@@ -335,7 +335,7 @@ async fn a_client_signing_with_a_key_not_in_its_certificate_is_left_out() {
     let outcome = server.outcome().await.unwrap();
     for (i, c) in clients {
         let s = join_client(c).await.unwrap();
-        assert_eq!(s.exit, Exit::ServerClosed);
+        assert_eq!(s.exit, Exit::JobFinished);
         assert_eq!(s.rounds.len(), 1);
         assert!(s.rounds[0].completed);
         assert_eq!(s.rounds[0].included, i != IMPOSTOR, "client {i}");
