@@ -138,7 +138,12 @@ where
     })
     .max_decoding_message_size(config.max_message)
     .max_encoding_message_size(config.max_message);
-    let incoming = TlsIncoming::with_config(listener, config.tls, config.acceptor);
+    // Idle connections count too: room for every client plus some that are arriving.
+    let acceptor = AcceptorConfig {
+        max_connections: config.max_clients.saturating_add(256),
+        ..config.acceptor
+    };
+    let incoming = TlsIncoming::with_config(listener, config.tls, acceptor);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (serve_stop_tx, serve_stop_rx) = tokio::sync::oneshot::channel::<()>();

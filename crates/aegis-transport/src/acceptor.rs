@@ -39,7 +39,13 @@ pub struct AcceptorConfig {
     /// Drop connections whose client certificate names no client (`aegis://client/<id>`),
     /// including certificate-less ones. Use it with [`crate::tls::ClientAuth::Required`].
     pub require_client_id: bool,
+    /// Open connections at most (established ones included, until they close); further TCP
+    /// connections wait in the listen backlog. Bounds what idle connections can hold.
+    pub max_connections: usize,
 }
+
+/// Default [`AcceptorConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 
 impl Default for AcceptorConfig {
     fn default() -> Self {
@@ -47,6 +53,7 @@ impl Default for AcceptorConfig {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             require_client_id: false,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -73,6 +80,8 @@ pub struct TlsConn {
     stream: TlsStream<TcpStream>,
     remote_addr: SocketAddr,
     client_id: Option<ClientId>,
+    /// This connection's place under [`AcceptorConfig::max_connections`], freed on drop.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl TlsConn {
@@ -253,10 +262,18 @@ async fn accept_loop(
     tx: mpsc::Sender<TlsConn>,
 ) {
     let permits = Arc::new(Semaphore::new(opts.max_handshakes));
+    let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     // Aborted (with every handshake in it) when this task is.
     let mut handshakes = JoinSet::new();
     loop {
         while handshakes.try_join_next().is_some() {}
+        let slot = tokio::select! {
+            () = tx.closed() => break,
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
         let permit = tokio::select! {
             () = tx.closed() => break,
             p = permits.clone().acquire_owned() => match p {
@@ -283,6 +300,7 @@ async fn accept_loop(
             opts.clone(),
             tx.clone(),
             permit,
+            slot,
         ));
     }
 }
@@ -294,6 +312,7 @@ async fn handshake(
     opts: AcceptorConfig,
     tx: mpsc::Sender<TlsConn>,
     permit: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
 ) {
     let stream = match tokio::time::timeout(opts.handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
@@ -325,6 +344,7 @@ async fn handshake(
         stream,
         remote_addr: peer,
         client_id,
+        _slot: slot,
     };
     // The permit is held until the connection is taken, so connections nobody takes count
     // against the limit too. A closed receiver drops the connection.

@@ -552,3 +552,43 @@ async fn incoming_is_a_stream_of_io_results() {
     let (conn, _tls) = tokio::join!(next, connector.connect(addr, "localhost"));
     assert_eq!(conn.unwrap().unwrap().client_id(), Some(CLIENT));
 }
+
+// Open connections are bounded: past `max_connections`, a new client's handshake waits until
+// an established connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_are_bounded_and_freed_on_close() {
+    let pki = TestPki::new();
+    let opts = AcceptorConfig {
+        max_connections: 2,
+        ..AcceptorConfig::default()
+    };
+    let (mut incoming, addr) = listen(pki.server(ClientAuth::Required), opts).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let connector = pki.good_client();
+        let client = async {
+            let mut tls = connector.connect(addr, "localhost").await.unwrap();
+            assert_eq!(&round_trip(&mut tls).await.unwrap(), b"ping");
+            tls
+        };
+        held.push(tokio::join!(next_conn(&mut incoming), client));
+    }
+    // A third client gets no handshake while both connections are open.
+    let third = tokio::spawn({
+        let connector = pki.good_client();
+        async move {
+            let mut tls = connector.connect(addr, "localhost").await.unwrap();
+            round_trip(&mut tls).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served past the bound"
+    );
+    // Closing one (the server side drops it) lets the third through.
+    drop(held.pop());
+    let conn = next_conn(&mut incoming).await;
+    assert_eq!(conn.client_id(), Some(CLIENT));
+    assert_eq!(&third.await.unwrap().unwrap(), b"ping");
+}
