@@ -266,7 +266,7 @@ pub(crate) fn tokens_cmd(cmd: TokensCmd) -> Result<ExitCode> {
             let public = tls_pki::write_identity_key(&key_path)?;
             let token = zeroize::Zeroizing::new(TokenTable::issue(
                 &file,
-                aegis_secagg::ClientId(client),
+                aegis_transport::ClientId(client),
                 &aegis_secagg::IdentityPublicKey(public),
             )?);
             let line = zeroize::Zeroizing::new(format!("{}\n", token.as_str()));
@@ -361,7 +361,7 @@ pub(crate) fn server_cmd(ks: &KeyStore, a: ServerArgs) -> Result<ExitCode> {
 
 pub(crate) fn client_cmd(ks: &KeyStore, a: ClientArgs) -> Result<ExitCode> {
     let pki = PkiDir::new(&a.pki);
-    let tid = aegis_transport::ClientId(a.id);
+    let cid = aegis_transport::ClientId(a.id);
     let mut opts = match (&a.token_file, &a.identity_key) {
         (Some(token_file), Some(key)) => {
             aegis_crypto::fsutil::check_private(token_file)?;
@@ -371,20 +371,14 @@ pub(crate) fn client_cmd(ks: &KeyStore, a: ClientArgs) -> Result<ExitCode> {
                     .trim()
                     .to_string(),
             );
-            ClientOptions::with_token(
-                &a.server,
-                &pki.ca_cert(),
-                token,
-                key,
-                aegis_secagg::ClientId(a.id),
-            )?
+            ClientOptions::with_token(&a.server, &pki.ca_cert(), token, key, cid)?
         }
         _ => ClientOptions::with_certificate(
             &a.server,
             &pki.ca_cert(),
-            &pki.client_cert(tid),
-            &pki.client_key(tid),
-            aegis_secagg::ClientId(a.id),
+            &pki.client_cert(cid),
+            &pki.client_key(cid),
+            cid,
         )?,
     };
     opts.server_name = match &a.server_name {
@@ -643,13 +637,13 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<ExitCode> {
         let mut clients = Vec::new();
         for (i, path) in shard_paths.iter().enumerate() {
             let id = i as u64 + 1;
-            let tid = aegis_transport::ClientId(id);
+            let cid = aegis_transport::ClientId(id);
             let mut opts = ClientOptions::with_certificate(
                 &addr.to_string(),
                 &pki.ca_cert(),
-                &pki.client_cert(tid),
-                &pki.client_key(tid),
-                aegis_secagg::ClientId(id),
+                &pki.client_cert(cid),
+                &pki.client_key(cid),
+                cid,
             )?;
             // The last `dropout` clients leave, one per round from round 2.
             let k = u64::from(a.clients) - id;

@@ -15,8 +15,9 @@ use aegis_crypto::keyset::KeyStatus;
 use aegis_crypto::reencrypt;
 use aegis_crypto::store::{Backend, KeyStore, LockMode, StoreConfig};
 use aegis_crypto::{Format, KeyId, Keyset, v2};
-use aegis_transport::ClientId;
+use aegis_transport::identity::parse_client_id;
 use aegis_transport::pki as tls_pki;
+use aegis_transport::{ClientId, ClientIdExt};
 use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -179,7 +180,7 @@ struct IssueArgs {
     dir: PathBuf,
     /// A client certificate for client ID (a u64): URI SAN aegis://client/ID, CN
     /// aegis-client-ID.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = parse_client_id)]
     client: Option<ClientId>,
     /// A new server certificate (server.pem, server.key).
     #[arg(long)]

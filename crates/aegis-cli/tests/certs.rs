@@ -15,8 +15,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use aegis_transport::ClientId;
 use aegis_transport::tls::load_certs;
+use aegis_transport::{ClientId, ClientIdExt};
 use common::{
     Aegis, Sandbox, assert_no_scratch, assert_one_line_error, files_under, mode, read, s,
 };

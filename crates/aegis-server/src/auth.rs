@@ -187,7 +187,6 @@ pub fn authenticate(
     let cert = peer.and_then(|p| Some((p.client_id?, p.certificate.as_ref()?)));
     match (cert, from_token) {
         (Some((id, der)), token) => {
-            let id = ClientId::from(id);
             if let Some((tid, _)) = token
                 && tid != id
             {
@@ -195,7 +194,7 @@ pub fn authenticate(
                     "the token and the certificate name different clients",
                 ));
             }
-            let entry = aegis_transport::roster::roster_entry(id.into(), der.as_ref())
+            let entry = aegis_transport::roster::roster_entry(id, der.as_ref())
                 .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
             Ok(Identity {
                 id,

@@ -81,6 +81,6 @@ pub mod tls;
 pub use acceptor::{AcceptorConfig, PeerInfo, TlsConn, TlsIncoming};
 pub use connect::Connector;
 pub use error::{Error, Result};
-pub use identity::ClientId;
+pub use identity::{ClientId, ClientIdExt};
 pub use roster::CertRosterVerifier;
 pub use tls::{ClientAuth, ClientTls, ServerTls};

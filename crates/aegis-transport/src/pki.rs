@@ -28,7 +28,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::identity::ClientId;
+use crate::identity::{ClientId, ClientIdExt};
 
 /// The subject alternative names of a server certificate when none are given.
 pub const DEFAULT_SERVER_SANS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];

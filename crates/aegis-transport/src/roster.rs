@@ -21,7 +21,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::error::{Error, Result};
-use crate::identity::ClientId;
+use crate::identity::{ClientId, ClientIdExt};
 
 /// Verifies SecAgg roster entries against the deployment CA: an entry is accepted only if its
 /// credential is a client certificate that chains to one of the CA certificates, is valid now
@@ -94,7 +94,7 @@ impl RosterVerifier for CertRosterVerifier {
 pub fn roster_entry(id: ClientId, cert_der: &[u8]) -> Result<RosterEntry> {
     let identity = certified_identity(&CertificateDer::from(cert_der), id)?;
     Ok(RosterEntry {
-        id: aegis_secagg::ClientId(id.0),
+        id,
         identity,
         credential: cert_der.to_vec(),
     })

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use aegis_transport::pki::{self, Ca, PkiDir};
 use aegis_transport::tls::{load_certs, load_private_key};
-use aegis_transport::{ClientAuth, ClientId, ClientTls, Error, ServerTls};
+use aegis_transport::{ClientAuth, ClientId, ClientIdExt, ClientTls, Error, ServerTls};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 

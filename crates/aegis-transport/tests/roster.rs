@@ -23,7 +23,7 @@ use aegis_secagg::{
 };
 use aegis_transport::pki::{self, PkiDir};
 use aegis_transport::roster::roster_entry;
-use aegis_transport::{CertRosterVerifier, ClientId, tls};
+use aegis_transport::{CertRosterVerifier, ClientId, ClientIdExt, tls};
 use chacha20::ChaCha20Rng;
 use rand_core::SeedableRng;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -103,7 +103,7 @@ fn genuine_entry_verifies_and_binds_the_tls_key() {
     let v = p.verifier();
     for id in IDS {
         let entry = p.entry(id);
-        assert_eq!(entry.id, aegis_secagg::ClientId(id.0));
+        assert_eq!(entry.id, id);
         assert_eq!(entry.credential, p.cert(id));
         // The roster identity is the key of the client's TLS key file.
         assert_eq!(entry.identity, p.identity(id).public());
@@ -132,7 +132,7 @@ fn mismatched_id_is_refused() {
     // Client 1's certificate and key under id 2, and under an id that is in no certificate.
     for id in [2, 99] {
         let mut entry = p.entry(IDS[0]);
-        entry.id = aegis_secagg::ClientId(id);
+        entry.id = ClientId(id);
         let e = refused(&v, &entry, "mismatched id");
         assert!(e.contains("names client 1"), "{e}");
     }
@@ -226,7 +226,7 @@ impl Round {
         let mut clients = BTreeMap::new();
         let mut inputs = BTreeMap::new();
         for id in IDS {
-            let sid = aegis_secagg::ClientId(id.0);
+            let sid = id;
             let config = ClientConfig {
                 verifier: verifier.clone(),
                 ..ClientConfig::new(sid, Arc::new(p.identity(id)))
