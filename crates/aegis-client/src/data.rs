@@ -173,7 +173,8 @@ impl Dataset {
     /// Encrypt [`Dataset::to_bytes`] under `key` (aegis-crypto v2) and write it atomically to
     /// `path` (mode 0600, temp file + rename).
     pub fn write_encrypted(&self, path: &Path, key: &SecretKey) -> Result<()> {
-        let blob = aegis_crypto::seal(key, &self.to_bytes(), Format::V2)?;
+        let plain = zeroize::Zeroizing::new(self.to_bytes());
+        let blob = aegis_crypto::seal(key, &plain, Format::V2)?;
         aegis_crypto::fsutil::replace_private(path, &blob)?;
         Ok(())
     }
@@ -185,7 +186,8 @@ impl Dataset {
             path: path.to_owned(),
             source,
         })?;
-        let plain = aegis_crypto::open(keyset, &blob)?;
+        // The plaintext exists only in this buffer, wiped when it goes.
+        let plain = zeroize::Zeroizing::new(aegis_crypto::open(keyset, &blob)?);
         Dataset::from_bytes(&plain)
     }
 }
