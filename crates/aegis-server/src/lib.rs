@@ -48,6 +48,9 @@ pub use runner::{Deadlines, JobOutcome};
 /// Called after every round with its metrics.
 pub type RoundHook = Arc<dyn Fn(&RoundMetrics) + Send + Sync>;
 
+/// Client frames queued for the round runner at most.
+const EVENT_QUEUE: usize = 256;
+
 /// Default limit on one gRPC message: a masked input of 16 M parameters fits.
 pub const DEFAULT_MAX_MESSAGE: usize = 64 << 20;
 
@@ -124,7 +127,10 @@ where
     // Resuming keeps the model's layout, so its size (in chunks) is known now.
     let model_bytes = config.initial_model.num_params() * 4 + 4096;
     let model_chunks = model_bytes.div_ceil(aegis_proto::MODEL_CHUNK) + 1;
-    let (events_tx, events_rx) = mpsc::channel(4096);
+    // Frames waiting for the runner, at most: past that, connections' readers wait and HTTP/2
+    // flow control holds the clients back, so memory stays bounded (each masked input can be
+    // megabytes).
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let shared = Arc::new(service::Shared::new(
         events_tx,
         config.tokens,
