@@ -448,6 +448,17 @@ impl ClientMessage {
 }
 
 /// A masked input borrowed from its encoding (the server sums it without copying it).
+/// The session id of an encoded client or server message, read from its header alone (version,
+/// type, session id) without decoding the rest; `None` when the header is malformed. A
+/// transport uses it to set aside messages of an earlier round before they reach a session
+/// (which would drop their sender for a wrong session).
+pub fn peek_session(bytes: &[u8]) -> Option<SessionId> {
+    let mut r = Reader::new(bytes);
+    check_version(&mut r).ok()?;
+    r.u8().ok()?;
+    r.array().ok().map(SessionId)
+}
+
 pub(crate) fn decode_masked_input(bytes: &[u8]) -> Result<Option<(SessionId, &[u8])>, DecodeError> {
     let mut r = Reader::new(bytes);
     check_version(&mut r)?;

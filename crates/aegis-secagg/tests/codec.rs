@@ -857,3 +857,33 @@ proptest! {
         check_canonical(&bytes);
     }
 }
+
+#[test]
+fn the_session_id_is_read_from_the_header_of_every_message() {
+    for m in server_messages() {
+        let bytes = m.encode();
+        assert_eq!(
+            aegis_secagg::messages::peek_session(&bytes),
+            Some(*m.session()),
+            "{}",
+            m.kind()
+        );
+    }
+    for m in client_messages() {
+        let bytes = m.encode();
+        assert_eq!(
+            aegis_secagg::messages::peek_session(&bytes),
+            Some(*m.session()),
+            "{}",
+            m.kind()
+        );
+        // Only the header is read: a message cut right after it still names its session.
+        assert_eq!(
+            aegis_secagg::messages::peek_session(&bytes[..34]),
+            Some(*m.session())
+        );
+        assert_eq!(aegis_secagg::messages::peek_session(&bytes[..33]), None);
+    }
+    assert_eq!(aegis_secagg::messages::peek_session(&[]), None);
+    assert_eq!(aegis_secagg::messages::peek_session(&[9; 40]), None);
+}

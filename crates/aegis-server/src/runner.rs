@@ -382,6 +382,14 @@ impl Runner {
                         m.bytes_received += len as u64;
                         match frame.kind {
                             Some(ClientKind::Secagg(bytes)) => {
+                                // A late message of an earlier round (a slow client) is set
+                                // aside, not held against the client in this round.
+                                if let Some(s) = aegis_secagg::messages::peek_session(&bytes)
+                                    && s != *session.session()
+                                {
+                                    tracing::debug!(client = %id, "message of an earlier round ignored");
+                                    continue;
+                                }
                                 session = handle_blocking(session, id, bytes).await?;
                             }
                             Some(ClientKind::Report(r)) if r.round == round => {

@@ -491,10 +491,12 @@ async fn a_server_shut_down_mid_job_resumes_from_its_checkpoint() {
     );
 }
 
-/// Fails its first training after `slow`, then trains like [`FixedTrainer`].
+/// Its first training takes `slow` and then fails (`fail`) or succeeds; later ones train like
+/// [`FixedTrainer`].
 struct SlowFailOnce {
     calls: u32,
     slow: Duration,
+    fail: bool,
     fixed: FixedTrainer,
 }
 
@@ -503,9 +505,11 @@ impl aegis_client::Trainer for SlowFailOnce {
         self.calls += 1;
         if self.calls == 1 {
             std::thread::sleep(self.slow);
-            return Err(aegis_client::Error::TrainCommand(
-                "the trainer crashed".into(),
-            ));
+            if self.fail {
+                return Err(aegis_client::Error::TrainCommand(
+                    "the trainer crashed".into(),
+                ));
+            }
         }
         self.fixed.train(global)
     }
@@ -516,11 +520,26 @@ impl aegis_client::Trainer for SlowFailOnce {
 /// and must not drop it from round 2 (it answers round 2 in time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_decline_of_one_round_does_not_drop_the_client_from_the_next() {
+    late_in_round_1(true).await;
+}
+
+/// The same, but the slow training succeeds: the client's masked input of round 1 (and its
+/// report) arrive while round 2 runs; they are set aside (their session is round 1's), not held
+/// against the client in round 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_masked_input_of_one_round_does_not_drop_the_client_from_the_next() {
+    late_in_round_1(false).await;
+}
+
+async fn late_in_round_1(fail: bool) {
     const SLOW: u64 = 4;
     let fed = Fed::new(4);
     let model = Model::softmax_regression(4, 3).unwrap();
     let m = model.num_params();
-    let mut config = fed.config(job("late-decline", 2, 4), model.clone());
+    let mut config = fed.config(
+        job(if fail { "late-decline" } else { "late-input" }, 2, 4),
+        model.clone(),
+    );
     // Round 1's masked inputs are due ~3 s after it starts; the slow client's training fails
     // at ~4 s, during round 2's advertisement stage (due at ~5 s).
     config.deadlines.stage = Duration::from_secs(2);
@@ -535,6 +554,7 @@ async fn a_late_decline_of_one_round_does_not_drop_the_client_from_the_next() {
                     SlowFailOnce {
                         calls: 0,
                         slow: Duration::from_secs(4),
+                        fail,
                         fixed: trainer(i, m),
                     },
                 )
@@ -555,7 +575,7 @@ async fn a_late_decline_of_one_round_does_not_drop_the_client_from_the_next() {
     assert_eq!(
         (r2.survived, r2.dropped),
         (4, [0; 5]),
-        "round 2 dropped the client for its Decline of round 1: {r2:?}"
+        "round 2 dropped the client for its late message of round 1: {r2:?}"
     );
     assert_moved_by(
         &model,
