@@ -410,7 +410,8 @@ pub async fn run<T: Trainer + Send + 'static>(
                     )));
                 }
                 round = Some(Round {
-                    model: Vec::with_capacity(cap),
+                    // Grown as chunks arrive, not reserved from the announced size.
+                    model: Vec::new(),
                     start,
                     global: None,
                     session: Some(ClientSession::new(config)),
@@ -424,6 +425,9 @@ pub async fn run<T: Trainer + Send + 'static>(
                 let Some(r) = round.as_mut() else {
                     return Err(Error::Protocol("model data outside a round".into()));
                 };
+                if r.global.is_some() {
+                    return Err(Error::Protocol("model data after the whole model".into()));
+                }
                 if (r.model.len() + chunk.data.len()) as u64 > r.start.model_len {
                     return Err(Error::Protocol("more model bytes than announced".into()));
                 }
@@ -443,9 +447,11 @@ pub async fn run<T: Trainer + Send + 'static>(
                         learning_rate: c.learning_rate,
                     });
                     r.training = Some(tokio::task::spawn_blocking(move || {
+                        // A trainer that panicked once is used again (its panic failed only
+                        // that round).
                         let mut t = trainer
                             .lock()
-                            .map_err(|_| Error::InvalidArgument("trainer poisoned".into()))?;
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
                         if let Some(s) = &settings {
                             t.configure(s);
                         }
@@ -490,7 +496,7 @@ pub async fn run<T: Trainer + Send + 'static>(
                         let _ = send(ClientFrame {
                             kind: Some(ClientKind::Decline(Decline {
                                 round: r.start.round,
-                                reason: e.to_string(),
+                                reason: decline_reason(&e),
                             })),
                         })
                         .await;
@@ -519,6 +525,25 @@ pub async fn run<T: Trainer + Send + 'static>(
         job_id: welcome.job_id,
         rounds: reports,
     })
+}
+
+/// `v` rounded to a multiple of `1 / per_unit` (non-finite values become 0).
+fn coarse(v: f32, per_unit: f32) -> f32 {
+    if v.is_finite() {
+        (v * per_unit).round() / per_unit
+    } else {
+        0.0
+    }
+}
+
+/// What a client tells the server when it leaves a round: the kind of failure, never local
+/// paths or file contents.
+fn decline_reason(e: &Error) -> String {
+    match e {
+        Error::SecAgg(e) => format!("secure aggregation: {e}"),
+        Error::Protocol(_) | Error::Connection(_) => "protocol error".into(),
+        _ => "local training failed".into(),
+    }
 }
 
 fn finish(end: RoundEnd, r: Option<&Round>) -> RoundReport {
@@ -557,9 +582,11 @@ where
         .session
         .take()
         .ok_or_else(|| Error::Protocol("no session".into()))?;
-    let mut g = rng
-        .take()
-        .ok_or_else(|| Error::Protocol("no randomness".into()))?;
+    // A task that failed took the generator with it: draw a fresh one.
+    let mut g = match rng.take() {
+        Some(g) => g,
+        None => os_rng()?,
+    };
     let (session, g, res) = tokio::task::spawn_blocking(move || {
         let res = session.handle_bytes(&bytes, &mut g);
         (session, g, res)
@@ -610,9 +637,11 @@ where
         .session
         .take()
         .ok_or_else(|| Error::Protocol("no session".into()))?;
-    let mut g = rng
-        .take()
-        .ok_or_else(|| Error::Protocol("no randomness".into()))?;
+    // A task that failed took the generator with it: draw a fresh one.
+    let mut g = match rng.take() {
+        Some(g) => g,
+        None => os_rng()?,
+    };
     let params = session
         .params()
         .cloned()
@@ -621,9 +650,11 @@ where
     send(ClientFrame {
         kind: Some(ClientKind::Report(TrainReport {
             round,
-            loss: out.loss,
-            accuracy: out.accuracy,
-            train_seconds: took.as_secs_f32(),
+            // Coarse on purpose: exact values would let the server recover the example
+            // count (e.g. accuracy = correct / n), which stays masked.
+            loss: coarse(out.loss, 100.0),
+            accuracy: coarse(out.accuracy, 100.0),
+            train_seconds: coarse(took.as_secs_f32(), 10.0),
         })),
     })
     .await?;

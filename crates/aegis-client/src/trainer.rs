@@ -270,7 +270,10 @@ impl Trainer for CommandTrainer {
             self.work_dir.join("aegis-local.safetensors"),
         ];
         let out = self.run(global, &paths);
-        for p in &paths {
+        for p in paths
+            .iter()
+            .chain([&self.work_dir.join("aegis-metrics.json")])
+        {
             let _ = std::fs::remove_file(p);
         }
         out
@@ -286,12 +289,16 @@ impl CommandTrainer {
         let [global_path, local_path] = paths;
         let metrics_path = self.work_dir.join("aegis-metrics.json");
         for p in [local_path, &metrics_path] {
+            // Left over from a crashed run.
             match std::fs::remove_file(p) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(p)(e)),
                 _ => {}
             }
         }
         aegis_crypto::fsutil::replace_private(global_path, &global.to_safetensors()?)?;
+        // Created 0600 for the command to fill (opening it for writing keeps the mode): the
+        // trained model is plaintext too.
+        aegis_crypto::fsutil::create_private(local_path, b"")?;
         let mut cmd = std::process::Command::new("sh");
         cmd.arg("-c")
             .arg(&self.command)

@@ -102,6 +102,9 @@ impl JobSpec {
         if !(0.0..0.5).contains(&self.dropout_rate) || !(0.0..0.34).contains(&self.corrupt_rate) {
             return fail("dropout_rate must be in [0, 0.5) and corrupt_rate in [0, 0.34)");
         }
+        if self.max_consecutive_aborts == 0 {
+            return fail("max_consecutive_aborts must be at least 1");
+        }
         if self.epochs == 0
             || self.batch_size == 0
             || !(self.learning_rate.is_finite()

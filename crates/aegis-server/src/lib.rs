@@ -164,6 +164,8 @@ where
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .tcp_nodelay(true)
+            // A client needs one stream; a few more tolerate a reconnect on the same connection.
+            .max_concurrent_streams(Some(4))
             .serve_with_incoming_shutdown(svc, incoming, async {
                 let _ = serve_stop_rx.await;
             }),
@@ -185,7 +187,8 @@ where
     match &outcome {
         Ok(o) if o.finished => shared.close_all(true, "the job is complete"),
         Ok(_) => shared.close_all(false, "the server is stopping; the job resumes later"),
-        Err(e) => shared.close_all(false, &format!("the job failed: {e}")),
+        // The details (paths, I/O errors) are for the server's operator, not its clients.
+        Err(_) => shared.close_all(false, "the job failed on the server"),
     }
     stopper.abort();
     let _ = serve_stop_tx.send(());

@@ -152,7 +152,7 @@ impl Runner {
             }
             if let Some(next) = next {
                 model = next;
-                state.checkpoint = self.dir.write_checkpoint(round, &model, &self.keys)?;
+                state.checkpoint = self.checkpoint(round, &model).await?;
                 aborts_in_a_row = 0;
             } else {
                 aborts_in_a_row += 1;
@@ -190,6 +190,14 @@ impl Runner {
         })
     }
 
+    /// Writes the checkpoint of `round` (encryption and fsync) off the async threads.
+    async fn checkpoint(&self, round: u32, model: &Model) -> Result<String> {
+        let (dir, keys, model) = (self.dir.clone(), Arc::clone(&self.keys), model.clone());
+        tokio::task::spawn_blocking(move || dir.write_checkpoint(round, &model, &keys))
+            .await
+            .map_err(|e| Error::Serve(format!("checkpoint task failed: {e}")))?
+    }
+
     /// Waits for `min_clients`, then up to `gather_grace` more for a full cohort, and samples
     /// the round's participants. `None` on shutdown.
     async fn gather(&mut self, spec: &JobSpec) -> Option<Cohort> {
@@ -197,7 +205,7 @@ impl Runner {
         let full = spec.cohort as usize;
         let mut enough_since: Option<Instant> = None;
         let mut last_log = Instant::now();
-        loop {
+        let mut all = loop {
             if self.stopping() {
                 return None;
             }
@@ -205,7 +213,11 @@ impl Runner {
             if n >= min {
                 let since = *enough_since.get_or_insert_with(Instant::now);
                 if n >= full || since.elapsed() >= self.deadlines.gather_grace {
-                    break;
+                    // A client may have left since the count: check the snapshot itself.
+                    let all = self.shared.snapshot();
+                    if all.len() >= min {
+                        break all;
+                    }
                 }
             } else {
                 enough_since = None;
@@ -220,8 +232,7 @@ impl Runner {
                 () = tokio::time::sleep(Duration::from_millis(50)) => {}
                 _ = self.shutdown.changed() => {}
             }
-        }
-        let mut all = self.shared.snapshot();
+        };
         // Fisher–Yates with the server's CSPRNG: a uniform cohort.
         for i in (1..all.len()).rev() {
             let j = (self.rng.next_u64() % (i as u64 + 1)) as usize;
@@ -374,7 +385,7 @@ impl Runner {
         while !session.is_terminal() {
             tokio::select! {
                 ev = self.events.recv() => match ev {
-                    None => session.cancel(),
+                    None => session = blocking(session, ServerSession::cancel).await?,
                     Some(Event::Frame { id, seq, frame, len }) => {
                         if cohort.get(&id).map(|(s, _)| *s) != Some(seq) {
                             continue;
@@ -396,20 +407,25 @@ impl Runner {
                                 reports.insert(id, r);
                             }
                             Some(ClientKind::Decline(d)) if d.round == round => {
-                                tracing::info!(client = %id, reason = %d.reason, "client declined the round");
-                                session.disconnected(id);
+                                tracing::info!(client = %id, reason = %crate::service::printable(&d.reason), "client declined the round");
+                                session = blocking(session, move |s| s.disconnected(id)).await?;
                             }
                             _ => {}
                         }
                     }
                     Some(Event::Closed { id, seq }) => {
                         if cohort.get(&id).map(|(s, _)| *s) == Some(seq) {
-                            session.disconnected(id);
+                            session = blocking(session, move |s| s.disconnected(id)).await?;
                         }
                     }
                 },
-                () = tokio::time::sleep_until(deadline) => session.on_deadline(),
-                _ = self.shutdown.changed() => if self.stopping() { session.cancel() },
+                // Ending a stage can be heavy (signature checks, unmasking): off the async threads.
+                () = tokio::time::sleep_until(deadline) => {
+                    session = blocking(session, ServerSession::on_deadline).await?;
+                }
+                _ = self.shutdown.changed() => if self.stopping() {
+                    session = blocking(session, ServerSession::cancel).await?;
+                },
             }
             for ev in session.take_events() {
                 if let ServerEvent::Dropped {
@@ -499,6 +515,20 @@ impl Runner {
             );
         }
     }
+}
+
+/// Runs `f` on the session off the async threads (it may end a stage: signature checks,
+/// unmasking).
+async fn blocking<F>(mut session: ServerSession, f: F) -> Result<ServerSession>
+where
+    F: FnOnce(&mut ServerSession) + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        f(&mut session);
+        session
+    })
+    .await
+    .map_err(|e| Error::Serve(format!("secure aggregation task failed: {e}")))
 }
 
 /// Runs `handle_bytes` (which may sum a multi-megabyte masked input) off the async threads.

@@ -24,6 +24,19 @@ use crate::auth::{Identity, TokenTable, authenticate};
 /// too slow and is dropped from the round (a dropout; its connection stays for later rounds).
 pub(crate) const OUTBOUND_QUEUE: usize = 64;
 
+/// Client-supplied text for a log line: at most 200 characters, control characters escaped.
+pub(crate) fn printable(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(200)
+        .flat_map(char::escape_default)
+        .collect();
+    if text.chars().count() > 200 {
+        out.push('…');
+    }
+    out
+}
+
 /// What the service tells the round runner.
 #[derive(Debug)]
 pub(crate) enum Event {
@@ -43,6 +56,9 @@ pub(crate) struct Conn {
     pub(crate) seq: u64,
     pub(crate) tx: mpsc::Sender<Result<ServerFrame, Status>>,
     pub(crate) identity: Identity,
+    /// Dropped with the connection's entry (replaced by a reconnect, or at shutdown): its
+    /// reader stops reading.
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 /// State the service and the runner share.
@@ -101,7 +117,7 @@ impl Shared {
         &self,
         identity: Identity,
         tx: mpsc::Sender<Result<ServerFrame, Status>>,
-    ) -> Result<u64, Status> {
+    ) -> Result<(u64, tokio::sync::oneshot::Receiver<()>), Status> {
         let mut conns = self.conns();
         if conns.len() >= self.max_clients && !conns.contains_key(&identity.id) {
             return Err(Status::resource_exhausted(
@@ -110,10 +126,17 @@ impl Shared {
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let id = identity.id;
-        if conns.insert(id, Conn { seq, tx, identity }).is_some() {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let conn = Conn {
+            seq,
+            tx,
+            identity,
+            _stop: stop,
+        };
+        if conns.insert(id, conn).is_some() {
             tracing::info!(client = %id, "client reconnected; the older connection is closed");
         }
-        Ok(seq)
+        Ok((seq, stopped))
     }
 
     fn unregister(&self, id: ClientId, seq: u64) {
@@ -194,7 +217,7 @@ impl Federation for FederationService {
             .map_err(|_| Status::deadline_exceeded("no Hello in time"))??;
         match first.and_then(|f| f.kind) {
             Some(ClientKind::Hello(h)) if h.protocol == aegis_proto::PROTOCOL => {
-                tracing::info!(client = %identity.id, method = ?identity.method, agent = %h.agent, ?remote, "client joined");
+                tracing::info!(client = %identity.id, method = ?identity.method, agent = %printable(&h.agent), ?remote, "client joined");
             }
             Some(ClientKind::Hello(h)) => {
                 return Err(Status::failed_precondition(format!(
@@ -216,11 +239,16 @@ impl Federation for FederationService {
         };
         tx.try_send(Ok(welcome))
             .map_err(|_| Status::internal("queue"))?;
-        let seq = shared.register(identity, tx)?;
+        let (seq, mut stopped) = shared.register(identity, tx)?;
         let shared = Arc::clone(shared);
         tokio::spawn(async move {
             loop {
-                match inbound.message().await {
+                let next = tokio::select! {
+                    m = inbound.message() => m,
+                    // Replaced by a newer connection of this client, or shutting down.
+                    _ = &mut stopped => break,
+                };
+                match next {
                     Ok(Some(frame)) => {
                         let len = frame.encoded_len();
                         let ev = Event::Frame {
