@@ -410,8 +410,9 @@ pub async fn run<T: Trainer + Send + 'static>(
                     )));
                 }
                 round = Some(Round {
-                    // Grown as chunks arrive, not reserved from the announced size.
-                    model: Vec::new(),
+                    // Reserved up to this client's own message limit, whatever the server
+                    // announces; a larger model grows as chunks arrive.
+                    model: Vec::with_capacity(cap.min(opts.max_message)),
                     start,
                     global: None,
                     session: Some(ClientSession::new(config)),
@@ -527,6 +528,23 @@ pub async fn run<T: Trainer + Send + 'static>(
     })
 }
 
+/// The round's session and the RNG, moved out for a blocking task (which gives them back). A
+/// task that failed took the generator with it: a fresh one is drawn.
+fn take_parts(
+    r: &mut Round,
+    rng: &mut Option<ChaCha20Rng>,
+) -> Result<(ClientSession, ChaCha20Rng)> {
+    let session = r
+        .session
+        .take()
+        .ok_or_else(|| Error::Protocol("no session".into()))?;
+    let g = match rng.take() {
+        Some(g) => g,
+        None => os_rng()?,
+    };
+    Ok((session, g))
+}
+
 /// `v` rounded to a multiple of `1 / per_unit` (non-finite values become 0).
 fn coarse(v: f32, per_unit: f32) -> f32 {
     if v.is_finite() {
@@ -578,15 +596,7 @@ where
     S: Fn(ClientFrame) -> F,
     F: std::future::Future<Output = Result<()>>,
 {
-    let mut session = r
-        .session
-        .take()
-        .ok_or_else(|| Error::Protocol("no session".into()))?;
-    // A task that failed took the generator with it: draw a fresh one.
-    let mut g = match rng.take() {
-        Some(g) => g,
-        None => os_rng()?,
-    };
+    let (mut session, mut g) = take_parts(r, rng)?;
     let (session, g, res) = tokio::task::spawn_blocking(move || {
         let res = session.handle_bytes(&bytes, &mut g);
         (session, g, res)
@@ -633,15 +643,7 @@ where
         Ok(Err(e)) => return Err(e),
         Err(e) => return Err(Error::TrainCommand(format!("training task: {e}"))),
     };
-    let mut session = r
-        .session
-        .take()
-        .ok_or_else(|| Error::Protocol("no session".into()))?;
-    // A task that failed took the generator with it: draw a fresh one.
-    let mut g = match rng.take() {
-        Some(g) => g,
-        None => os_rng()?,
-    };
+    let (mut session, mut g) = take_parts(r, rng)?;
     let params = session
         .params()
         .cloned()
