@@ -113,6 +113,59 @@ fn drain(pipe: Option<&mut impl std::io::Read>) -> String {
     out
 }
 
+/// `aegis server` on `addr` with the PKI in `pki`, a job of `rounds` rounds over cohorts of
+/// exactly `clients`, then `extra` flags.
+fn server_args(
+    addr: &str,
+    pki: &Path,
+    state: &Path,
+    job: &str,
+    rounds: u32,
+    clients: u32,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "server",
+        "--listen",
+        addr,
+        "--pki",
+        s(pki),
+        "--state-dir",
+        s(state),
+        "--job",
+        job,
+        "--rounds",
+        &rounds.to_string(),
+        "--min-clients",
+        &clients.to_string(),
+        "--cohort",
+        &clients.to_string(),
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    v.extend(extra.iter().map(ToString::to_string));
+    v
+}
+
+/// `aegis client` `id` of `addr` with the PKI in `pki`, then `extra` flags.
+fn client_args(addr: &str, pki: &Path, id: u64, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "client",
+        "--server",
+        addr,
+        "--pki",
+        s(pki),
+        "--id",
+        &id.to_string(),
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    v.extend(extra.iter().map(ToString::to_string));
+    v
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -154,46 +207,34 @@ fn a_server_killed_mid_job_resumes_from_its_last_checkpoint() {
     let port = free_port().to_string();
     let server_addr = format!("127.0.0.1:{port}");
     let state_dir = sb.join("state");
-    let server_args = [
-        "server",
-        "--listen",
+    let server_args = server_args(
         &server_addr,
-        "--pki",
-        s(&pki),
-        "--state-dir",
-        s(&state_dir),
-        "--job",
+        &pki,
+        &state_dir,
         "j1",
-        "--rounds",
-        "6",
-        "--min-clients",
-        "3",
-        "--cohort",
-        "3",
-        "--gather-grace",
-        "1",
-    ];
+        6,
+        3,
+        &["--gather-grace", "1"],
+    );
     let clients = |a: &common::Aegis| -> Vec<Child> {
         (1..=3)
             .map(|id| {
-                a.spawn([
-                    "client",
-                    "--server",
+                a.spawn(client_args(
                     &server_addr,
-                    "--pki",
-                    s(&pki),
-                    "--id",
-                    &id.to_string(),
-                    "--train-cmd",
-                    train_cmd,
-                    "--work-dir",
-                    s(&sb.join(&format!("w{id}"))),
-                ])
+                    &pki,
+                    id,
+                    &[
+                        "--train-cmd",
+                        train_cmd,
+                        "--work-dir",
+                        s(&sb.join(&format!("w{id}"))),
+                    ],
+                ))
             })
             .collect()
     };
     let state = state_dir.join("jobs/j1/state.json");
-    let mut server = a.spawn(server_args);
+    let mut server = a.spawn(&server_args);
     std::thread::sleep(Duration::from_millis(300));
     let mut first = clients(&a);
     let start = Instant::now();
@@ -215,7 +256,7 @@ fn a_server_killed_mid_job_resumes_from_its_last_checkpoint() {
         assert!(!st.success());
     }
 
-    let mut server = a.spawn(server_args);
+    let mut server = a.spawn(&server_args);
     std::thread::sleep(Duration::from_millis(300));
     let mut second = clients(&a);
     let st = wait_exit(&mut server, Duration::from_secs(120));
@@ -286,49 +327,35 @@ fn token_clients_take_part_and_a_wrong_token_is_refused() {
     }
     assert_eq!(common::mode(&tokens), 0o600);
     let server_addr = format!("127.0.0.1:{}", free_port());
-    let mut server = a.spawn([
-        "server",
-        "--listen",
+    let mut server = a.spawn(server_args(
         &server_addr,
-        "--pki",
-        s(&pki),
-        "--client-auth",
-        "off",
-        "--tokens",
-        s(&tokens),
-        "--state-dir",
-        s(&sb.join("state")),
-        "--job",
+        &pki,
+        &sb.join("state"),
         "tok",
-        "--rounds",
-        "1",
-        "--min-clients",
-        "3",
-        "--cohort",
-        "3",
-    ]);
+        1,
+        3,
+        &["--client-auth", "off", "--tokens", s(&tokens)],
+    ));
     std::thread::sleep(Duration::from_millis(300));
     for id in 1..=3 {
         sb.mkdir(&format!("w{id}"));
     }
     let client = |id: u64, token_file: &Path| {
-        a.spawn([
-            "client",
-            "--server",
+        a.spawn(client_args(
             &server_addr,
-            "--pki",
-            s(&pki),
-            "--id",
-            &id.to_string(),
-            "--token-file",
-            s(token_file),
-            "--identity-key",
-            s(&out_dir.join(format!("{id}.identity.key"))),
-            "--train-cmd",
-            r#"cp "$AEGIS_GLOBAL_MODEL" "$AEGIS_LOCAL_MODEL"; echo '{"num_examples": 5}' > "$AEGIS_METRICS""#,
-            "--work-dir",
-            s(&sb.join(&format!("w{id}"))),
-        ])
+            &pki,
+            id,
+            &[
+                "--token-file",
+                s(token_file),
+                "--identity-key",
+                s(&out_dir.join(format!("{id}.identity.key"))),
+                "--train-cmd",
+                r#"cp "$AEGIS_GLOBAL_MODEL" "$AEGIS_LOCAL_MODEL"; echo '{"num_examples": 5}' > "$AEGIS_METRICS""#,
+                "--work-dir",
+                s(&sb.join(&format!("w{id}"))),
+            ],
+        ))
     };
     // A wrong token: refused, with one line saying so.
     let bad = sb.join("bad.token");
@@ -378,25 +405,15 @@ fn a_python_trainer_takes_part_through_safetensors_files() {
     let pki = federation(&sb, 3);
     let server_addr = format!("127.0.0.1:{}", free_port());
     let state = sb.join("state");
-    let mut server = a.spawn([
-        "server",
-        "--listen",
+    let mut server = a.spawn(server_args(
         &server_addr,
-        "--pki",
-        s(&pki),
-        "--state-dir",
-        s(&state),
-        "--job",
+        &pki,
+        &state,
         "py",
-        "--rounds",
-        "2",
-        "--min-clients",
-        "3",
-        "--cohort",
-        "3",
-        "--max-weight",
-        "100",
-    ]);
+        2,
+        3,
+        &["--max-weight", "100"],
+    ));
     std::thread::sleep(Duration::from_millis(300));
     // Client i moves every value by 0.01·i and reports 10·i examples: each round moves the
     // model by the weighted mean Σ 10i · 0.01i / Σ 10i = 0.14 / 6.
@@ -409,20 +426,14 @@ fn a_python_trainer_takes_part_through_safetensors_files() {
                 0.01 * f64::from(i),
                 10 * i
             );
-            a.spawn([
-                "client",
-                "--server",
+            let work = format!("w{i}");
+            // The work directory is relative to the client's working directory (the sandbox).
+            a.spawn(client_args(
                 &server_addr,
-                "--pki",
-                s(&pki),
-                "--id",
-                &i.to_string(),
-                "--train-cmd",
-                &cmd,
-                // Relative to the client's working directory (the sandbox).
-                "--work-dir",
-                &format!("w{i}"),
-            ])
+                &pki,
+                u64::from(i),
+                &["--train-cmd", &cmd, "--work-dir", &work],
+            ))
         })
         .collect();
     let st = wait_exit(&mut server, Duration::from_secs(120));
