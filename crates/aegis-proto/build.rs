@@ -11,6 +11,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_with_config(config, &["proto/aegis/fl/v1/federation.proto"], &["proto"])?;
+        .compile_with_config(
+            config,
+            &[
+                "proto/aegis/fl/v1/federation.proto",
+                "proto/aegis/admin/v1/admin.proto",
+            ],
+            &["proto"],
+        )?;
     Ok(())
 }

@@ -241,22 +241,54 @@ impl tower_service::Service<Uri> for TlsConnector {
 
 /// Opens an HTTP/2 channel to the server over TLS 1.3.
 pub async fn connect(opts: &ClientOptions) -> Result<Channel> {
-    let connector = TlsConnector {
-        connector: Connector::new(Arc::clone(&opts.tls)).with_timeout(opts.connect_timeout),
-        addr: opts.server.clone(),
-        server_name: opts.server_name.clone(),
-    };
-    let uri = format!("https://{}", opts.server);
-    Endpoint::from_shared(uri)
-        .map_err(|e| Error::InvalidArgument(format!("server address {:?}: {e}", opts.server)))?
+    endpoint(&opts.server)?
+        .connect_with_connector(tls_connector(
+            Arc::clone(&opts.tls),
+            &opts.server,
+            &opts.server_name,
+            opts.connect_timeout,
+        ))
+        .await
+        .map_err(|e| Error::Connection(format!("{}: {}", opts.server, error_chain(&e))))
+}
+
+/// An HTTP/2 channel to a gRPC server (`HOST:PORT`) over TLS 1.3 with `tls` (which may carry
+/// a client certificate), connected on first use and reconnected when it breaks. The
+/// gateway reaches the FL server's admin service through one.
+pub fn lazy_channel(
+    tls: Arc<rustls::ClientConfig>,
+    server: &str,
+    server_name: &str,
+    connect_timeout: Duration,
+) -> Result<Channel> {
+    let connector = tls_connector(tls, server, server_name, connect_timeout);
+    Ok(endpoint(server)?
+        .connect_timeout(connect_timeout)
+        .connect_with_connector_lazy(connector))
+}
+
+fn tls_connector(
+    tls: Arc<rustls::ClientConfig>,
+    server: &str,
+    server_name: &str,
+    timeout: Duration,
+) -> TlsConnector {
+    TlsConnector {
+        connector: Connector::new(tls).with_timeout(timeout),
+        addr: server.to_string(),
+        server_name: server_name.to_string(),
+    }
+}
+
+fn endpoint(server: &str) -> Result<Endpoint> {
+    let uri = format!("https://{server}");
+    Ok(Endpoint::from_shared(uri)
+        .map_err(|e| Error::InvalidArgument(format!("server address {server:?}: {e}")))?
         .initial_stream_window_size(Some(1 << 20))
         .initial_connection_window_size(Some(2 << 20))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))
-        .tcp_nodelay(true)
-        .connect_with_connector(connector)
-        .await
-        .map_err(|e| Error::Connection(format!("{}: {}", opts.server, error_chain(&e))))
+        .tcp_nodelay(true))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -93,7 +93,7 @@ impl Runner {
     }
 
     /// Runs the job from its persisted state (or from `initial` when it has none).
-    pub(crate) async fn run(mut self, spec: JobSpec, initial: Model) -> Result<JobOutcome> {
+    pub(crate) async fn run(&mut self, spec: JobSpec, initial: Model) -> Result<JobOutcome> {
         let (mut state, mut model) = match self.dir.load_state()? {
             Some(state) => {
                 if state.spec.id != spec.id {

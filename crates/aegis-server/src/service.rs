@@ -1,8 +1,8 @@
 //! The gRPC service: authenticates each `Join` stream, keeps the registry of connected
 //! clients, and turns their frames into events for the round runner.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,8 +69,12 @@ pub(crate) struct Shared {
     tokens: Option<TokenTable>,
     hello_timeout: Duration,
     max_clients: usize,
-    job_id: String,
-    queue: usize,
+    /// The job running now (empty when idle), for `Welcome`.
+    job_id: Mutex<String>,
+    /// Outbound queue length of new connections: room for the running job's model chunks.
+    queue: AtomicUsize,
+    /// Clients refused from now on (the admin service's revocations).
+    revoked: Mutex<HashSet<ClientId>>,
 }
 
 /// Why a frame could not be queued for a client.
@@ -88,8 +92,7 @@ impl Shared {
         tokens: Option<TokenTable>,
         hello_timeout: Duration,
         max_clients: usize,
-        job_id: String,
-        model_chunks: usize,
+        revoked: HashSet<ClientId>,
     ) -> Shared {
         Shared {
             conns: Mutex::new(HashMap::new()),
@@ -98,17 +101,46 @@ impl Shared {
             tokens,
             hello_timeout,
             max_clients,
-            job_id,
-            queue: OUTBOUND_QUEUE + model_chunks,
+            job_id: Mutex::new(String::new()),
+            queue: AtomicUsize::new(OUTBOUND_QUEUE),
+            revoked: Mutex::new(revoked),
         }
     }
 
+    /// Names the job that runs now (`""` when idle) and sizes new connections' queues for its
+    /// model (`model_chunks` chunks). Connections made earlier keep their queue: the model is
+    /// known when a job is submitted, and every job's queue leaves room for 64 frames more.
+    pub(crate) fn set_job(&self, job_id: &str, model_chunks: usize) {
+        *lock(&self.job_id) = job_id.to_string();
+        self.queue
+            .fetch_max(OUTBOUND_QUEUE + model_chunks, Ordering::Relaxed);
+    }
+
+    /// Refuses `id` from now on and closes its stream if it is connected (it is then a
+    /// dropout of the round in progress). Returns whether a stream was closed.
+    pub(crate) fn revoke(&self, id: ClientId) -> bool {
+        lock(&self.revoked).insert(id);
+        let mut conns = self.conns();
+        match conns.remove(&id) {
+            Some(conn) => {
+                let _ = conn
+                    .tx
+                    .try_send(Ok(goodbye(false, "this client was revoked")));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The revoked clients.
+    pub(crate) fn revoked(&self) -> Vec<ClientId> {
+        let mut v: Vec<ClientId> = lock(&self.revoked).iter().copied().collect();
+        v.sort();
+        v
+    }
+
     fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, Conn>> {
-        // A panic while holding the lock cannot leave the map half-updated (single inserts and
-        // removes), so a poisoned lock is still usable.
-        self.conns
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.conns)
     }
 
     /// Registers a connection; a newer connection of the same client replaces the older one
@@ -176,15 +208,25 @@ impl Shared {
     pub(crate) fn close_all(&self, job_finished: bool, reason: &str) {
         let mut conns = self.conns();
         for conn in conns.values() {
-            let _ = conn.tx.try_send(Ok(ServerFrame {
-                kind: Some(ServerKind::Goodbye(aegis_proto::v1::Goodbye {
-                    job_finished,
-                    reason: reason.to_string(),
-                })),
-            }));
+            let _ = conn.tx.try_send(Ok(goodbye(job_finished, reason)));
         }
         conns.clear();
     }
+}
+
+fn goodbye(job_finished: bool, reason: &str) -> ServerFrame {
+    ServerFrame {
+        kind: Some(ServerKind::Goodbye(aegis_proto::v1::Goodbye {
+            job_finished,
+            reason: reason.to_string(),
+        })),
+    }
+}
+
+/// Locks `m`. Every critical section here is a single insert, remove or read, so a panic
+/// while holding the lock cannot leave the data half-updated: a poisoned lock is still usable.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The `Federation` service.
@@ -211,6 +253,10 @@ impl Federation for FederationService {
                 return Err(status);
             }
         };
+        if lock(&shared.revoked).contains(&identity.id) {
+            tracing::warn!(client = %identity.id, ?remote, "a revoked client was refused");
+            return Err(Status::permission_denied("this client was revoked"));
+        }
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(shared.hello_timeout, inbound.message())
             .await
@@ -229,12 +275,12 @@ impl Federation for FederationService {
             _ => return Err(Status::invalid_argument("the first frame must be Hello")),
         }
         let id = identity.id;
-        let (tx, rx) = mpsc::channel(shared.queue);
+        let (tx, rx) = mpsc::channel(shared.queue.load(Ordering::Relaxed));
         let welcome = ServerFrame {
             kind: Some(ServerKind::Welcome(Welcome {
                 client_id: id.0,
                 protocol: aegis_proto::PROTOCOL,
-                job_id: shared.job_id.clone(),
+                job_id: lock(&shared.job_id).clone(),
             })),
         };
         tx.try_send(Ok(welcome))

@@ -371,13 +371,10 @@ async fn a_client_reconnecting_mid_round_takes_part_in_the_next_round() {
 }
 
 /// Binds 127.0.0.1:0 and runs the server until `shutdown` fires.
-async fn start_until(
-    config: aegis_server::ServerConfig,
-    shutdown: oneshot::Receiver<()>,
-) -> RunningServer {
+async fn start_until(config: common::JobConfig, shutdown: oneshot::Receiver<()>) -> RunningServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(aegis_server::run(listener, config, async move {
+    let task = tokio::spawn(config.run(listener, async move {
         let _ = shutdown.await;
     }));
     RunningServer {
@@ -444,12 +441,9 @@ async fn a_server_shut_down_mid_job_resumes_from_its_checkpoint() {
     let mut wrong = fed.config(job("resume", 3, 4), model.clone());
     wrong.keys = Arc::new(aegis_crypto::Keyset::generate().unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let res = tokio::time::timeout(
-        WAIT,
-        aegis_server::run(listener, wrong, std::future::pending()),
-    )
-    .await
-    .expect("the server gave up in time");
+    let res = tokio::time::timeout(WAIT, wrong.run(listener, std::future::pending()))
+        .await
+        .expect("the server gave up in time");
     match res {
         Err(aegis_server::Error::Crypto(_)) => {}
         other => panic!("resuming under another keyset: {other:?}"),

@@ -64,6 +64,41 @@ impl ClientIdExt for ClientId {
     }
 }
 
+/// The prefix of the URI SAN that names an administrator (the gateway, an operator's tool)
+/// allowed on the FL server's admin service: `aegis://admin/<name>`.
+pub const ADMIN_URI_PREFIX: &str = "aegis://admin/";
+
+/// Whether `name` may name an administrator: 1–64 of `a-z`, `0-9`, `-`, `_`, `.`, not
+/// starting with `.` or `-` (it also names files).
+pub fn valid_admin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+/// The administrator named by an end-entity certificate: its one `aegis://admin/<name>` URI
+/// SAN. `None` when the certificate cannot be parsed, has no such SAN, more than one, or an
+/// invalid name. Like [`ClientIdExt::from_certificate`], it only reads a certificate that the
+/// handshake already verified.
+pub fn admin_name_from_certificate(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let san = x509.subject_alternative_name().ok()??;
+    let mut found = None;
+    for name in &san.value.general_names {
+        if let GeneralName::URI(uri) = name
+            && let Some(admin) = uri.strip_prefix(ADMIN_URI_PREFIX)
+            && (!valid_admin_name(admin) || found.replace(admin.to_string()).is_some())
+        {
+            return None;
+        }
+    }
+    found
+}
+
 /// Parses a client id given on a command line: decimal (`42`) or the URI form
 /// (`aegis://client/42`). For clap's `value_parser`.
 pub fn parse_client_id(s: &str) -> Result<ClientId, String> {

@@ -127,6 +127,33 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Res
     })
 }
 
+/// A client certificate's parameters: URI SAN `aegis://client/<id>`, CN `aegis-client-<id>`,
+/// client authentication only, a fresh serial and the leaf validity.
+fn client_params(id: ClientId) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    let uri = rcgen::string::Ia5String::try_from(id.uri())
+        .map_err(|e| Error::Certificate(format!("client URI: {e}")))?;
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, id.common_name());
+    dn.push(DnType::OrganizationName, ORGANIZATION);
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    leaf(&mut params)?;
+    Ok(params)
+}
+
+/// What every leaf certificate gets: not a CA, the issuer's key id, a random serial, the leaf
+/// validity.
+fn leaf(params: &mut CertificateParams) -> Result<()> {
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial()?);
+    validity(params, LEAF_VALIDITY_DAYS);
+    Ok(())
+}
+
 /// A random, positive 128-bit serial number.
 fn random_serial() -> Result<SerialNumber> {
     let mut bytes = [0u8; 16];
@@ -291,17 +318,58 @@ impl Ca {
     /// an Ed25519 key. That key is also the client's SecAgg identity key
     /// (`aegis_secagg::IdentityKey::from_pkcs8` of [`CertifiedKey::key_der`]'s PKCS#8).
     pub fn issue_client(&self, id: ClientId) -> Result<CertifiedKey> {
+        let key = ed25519_key()?;
+        let cert = client_params(id)?
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| cert_err("signing the client certificate", e))?;
+        Ok(CertifiedKey::new(&cert, &key))
+    }
+
+    /// Signs a client's certificate signing request (PEM) for `id`: the certificate carries
+    /// the CSR's public key, which must be Ed25519 (it is also the client's SecAgg identity
+    /// key), and this CA's choice of names and usages — `aegis://client/<id>`, client
+    /// authentication only — whatever the request asked for. The CSR's own signature is
+    /// checked (proof that the requester holds the key). Returns the certificate as PEM.
+    pub fn sign_client_csr(&self, csr_pem: &str, id: ClientId) -> Result<String> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            Error::Certificate(format!("not a valid certificate signing request: {e}"))
+        })?;
+        if csr.public_key.algorithm() != &rcgen::PKCS_ED25519 {
+            return Err(Error::Certificate(
+                "the certificate signing request's key must be Ed25519".into(),
+            ));
+        }
+        let cert = client_params(id)?
+            .signed_by(&csr.public_key, &self.issuer)
+            .map_err(|e| cert_err("signing the client certificate", e))?;
+        Ok(cert.pem())
+    }
+
+    /// An administrator's certificate (for the FL server's admin service, e.g. the gateway):
+    /// URI SAN `aegis://admin/<name>`, CN `aegis-admin-<name>`, client authentication, a P-256
+    /// key.
+    pub fn issue_admin(&self, name: &str) -> Result<CertifiedKey> {
+        if !crate::identity::valid_admin_name(name) {
+            return Err(Error::Certificate(format!(
+                "invalid administrator name {name:?}: 1-64 of a-z, 0-9, '-', '_', '.'"
+            )));
+        }
         let mut params = CertificateParams::default();
-        let uri = rcgen::string::Ia5String::try_from(id.uri())
-            .map_err(|e| Error::Certificate(format!("client URI: {e}")))?;
+        let uri = rcgen::string::Ia5String::try_from(format!(
+            "{}{name}",
+            crate::identity::ADMIN_URI_PREFIX
+        ))
+        .map_err(|e| Error::Certificate(format!("administrator URI: {e}")))?;
         params.subject_alt_names = vec![SanType::URI(uri)];
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, id.common_name());
+        dn.push(DnType::CommonName, format!("aegis-admin-{name}"));
         dn.push(DnType::OrganizationName, ORGANIZATION);
         params.distinguished_name = dn;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.sign_leaf(params, &ed25519_key()?, "client")
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| cert_err("generating the administrator key", e))?;
+        self.sign_leaf(params, &key, "administrator")
     }
 
     fn sign_leaf(
@@ -310,10 +378,7 @@ impl Ca {
         key: &KeyPair,
         what: &str,
     ) -> Result<CertifiedKey> {
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.use_authority_key_identifier_extension = true;
-        params.serial_number = Some(random_serial()?);
-        validity(&mut params, LEAF_VALIDITY_DAYS);
+        leaf(&mut params)?;
         let cert = params
             .signed_by(key, &self.issuer)
             .map_err(|e| cert_err(&format!("signing the {what} certificate"), e))?;
@@ -428,6 +493,16 @@ impl PkiDir {
     pub fn client_key(&self, id: ClientId) -> PathBuf {
         self.clients_dir().join(format!("{id}.key"))
     }
+
+    /// `admins/<name>.pem`.
+    pub fn admin_cert(&self, name: &str) -> PathBuf {
+        self.dir.join("admins").join(format!("{name}.pem"))
+    }
+
+    /// `admins/<name>.key`.
+    pub fn admin_key(&self, name: &str) -> PathBuf {
+        self.dir.join("admins").join(format!("{name}.key"))
+    }
 }
 
 /// Create `dir` (and parents) if missing; a new directory is 0700.
@@ -480,27 +555,35 @@ pub fn init(dir: &Path, sans: &[String], force: bool) -> Result<PkiDir> {
 /// Refused if they exist, unless `force`.
 pub fn issue_client(dir: &Path, id: ClientId, force: bool) -> Result<(PathBuf, PathBuf)> {
     let pki = PkiDir::new(dir);
-    let ca = Ca::load(dir)?;
     let (cert, key) = (pki.client_cert(id), pki.client_key(id));
-    if !force {
-        for p in [&cert, &key] {
-            if p.exists() {
-                return Err(Error::Exists(p.clone()));
-            }
-        }
-    }
-    let issued = ca.issue_client(id)?;
-    ensure_dir(&pki.clients_dir())?;
-    issued.write(&cert, &key, force)?;
-    Ok((cert, key))
+    issue_into(dir, cert, key, force, |ca| ca.issue_client(id))
+}
+
+/// Issue an administrator certificate (see [`Ca::issue_admin`]) from the CA in `dir` into
+/// `admins/<name>.pem` / `.key`. Refused if they exist, unless `force`.
+pub fn issue_admin(dir: &Path, name: &str, force: bool) -> Result<(PathBuf, PathBuf)> {
+    let pki = PkiDir::new(dir);
+    let (cert, key) = (pki.admin_cert(name), pki.admin_key(name));
+    issue_into(dir, cert, key, force, |ca| ca.issue_admin(name))
 }
 
 /// Issue a new server certificate for `sans` from the CA in `dir` into `server.pem` /
 /// `server.key`. Refused if they exist, unless `force`.
 pub fn issue_server(dir: &Path, sans: &[String], force: bool) -> Result<(PathBuf, PathBuf)> {
     let pki = PkiDir::new(dir);
-    let ca = Ca::load(dir)?;
     let (cert, key) = (pki.server_cert(), pki.server_key());
+    issue_into(dir, cert, key, force, |ca| ca.issue_server(sans))
+}
+
+/// Loads the CA in `dir`, issues with `issue` and writes the result to `cert` / `key`
+/// (creating their directory), refusing existing files unless `force`.
+fn issue_into(
+    dir: &Path,
+    cert: PathBuf,
+    key: PathBuf,
+    force: bool,
+    issue: impl FnOnce(&Ca) -> Result<CertifiedKey>,
+) -> Result<(PathBuf, PathBuf)> {
     if !force {
         for p in [&cert, &key] {
             if p.exists() {
@@ -508,7 +591,11 @@ pub fn issue_server(dir: &Path, sans: &[String], force: bool) -> Result<(PathBuf
             }
         }
     }
-    let issued = ca.issue_server(sans)?;
+    let ca = Ca::load(dir)?;
+    let issued = issue(&ca)?;
+    if let Some(parent) = cert.parent() {
+        ensure_dir(parent)?;
+    }
     issued.write(&cert, &key, force)?;
     Ok((cert, key))
 }

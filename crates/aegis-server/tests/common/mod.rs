@@ -83,14 +83,12 @@ impl Fed {
         .unwrap()
     }
 
-    /// A server configuration with short deadlines for tests.
-    pub fn config(&self, job: JobSpec, model: Model) -> ServerConfig {
+    /// A server configuration with short deadlines for tests, and its job.
+    pub fn config(&self, job: JobSpec, model: Model) -> JobConfig {
         let mut c = ServerConfig::new(
             self.server_tls(ClientAuth::Required),
             self.state_dir(),
             Arc::clone(&self.keys),
-            job,
-            model,
         );
         c.deadlines = Deadlines {
             gather_grace: Duration::from_secs(3),
@@ -98,14 +96,18 @@ impl Fed {
             training: Duration::from_secs(60),
             hello: Duration::from_secs(10),
         };
-        c
+        JobConfig {
+            server: c,
+            job,
+            model,
+        }
     }
 
-    pub async fn start(&self, config: ServerConfig) -> RunningServer {
+    pub async fn start(&self, config: JobConfig) -> RunningServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(aegis_server::run(listener, config, async {
+        let task = tokio::spawn(config.run(listener, async {
             let _ = stopped.await;
         }));
         RunningServer {
@@ -213,4 +215,36 @@ pub fn fedavg(ids: &[u64], m: usize) -> Vec<f64> {
         }
     }
     mean
+}
+
+/// A server configuration and the one job it runs (`config.deadlines` etc. reach the server's
+/// configuration).
+pub struct JobConfig {
+    pub server: ServerConfig,
+    pub job: JobSpec,
+    pub model: Model,
+}
+
+impl JobConfig {
+    /// `aegis_server::run` with this configuration.
+    pub fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = aegis_server::Result<aegis_server::JobOutcome>> {
+        aegis_server::run(listener, self.server, self.job, self.model, shutdown)
+    }
+}
+
+impl std::ops::Deref for JobConfig {
+    type Target = ServerConfig;
+    fn deref(&self) -> &ServerConfig {
+        &self.server
+    }
+}
+
+impl std::ops::DerefMut for JobConfig {
+    fn deref_mut(&mut self) -> &mut ServerConfig {
+        &mut self.server
+    }
 }
