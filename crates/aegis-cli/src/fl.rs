@@ -124,6 +124,12 @@ pub(crate) struct ServerArgs {
     /// Connected clients at most.
     #[arg(long, default_value_t = 10_000)]
     max_clients: usize,
+    /// Run as a long-lived server whose jobs come from the admin service on ADDR (the
+    /// gateway): mutual TLS with certificates naming an administrator (`aegis certs issue
+    /// --admin NAME`); jobs run one at a time and survive restarts. The job flags below are
+    /// then not used.
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
     #[command(flatten)]
     job: JobArgs,
 }
@@ -219,7 +225,7 @@ pub(crate) struct DemoArgs {
     lr: f32,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -306,14 +312,7 @@ pub(crate) fn server_cmd(ks: &KeyStore, a: ServerArgs) -> Result<ExitCode> {
     if matches!(a.client_auth, ClientAuthArg::Off) && tokens.is_none() {
         bail!("--client-auth off needs --tokens: clients must authenticate somehow");
     }
-    let model = match &a.model {
-        Some(p) => {
-            let bytes = std::fs::read(p).with_context(|| format!("{}", p.display()))?;
-            Model::from_safetensors(&bytes).with_context(|| format!("{}", p.display()))?
-        }
-        None => softmax_digits_model()?,
-    };
-    let mut config = ServerConfig::new(tls, a.state_dir.clone(), keys, a.job.spec(), model);
+    let mut config = ServerConfig::new(tls, a.state_dir.clone(), keys);
     config.tokens = tokens;
     config.max_clients = a.max_clients;
     config.deadlines = Deadlines {
@@ -325,6 +324,17 @@ pub(crate) fn server_cmd(ks: &KeyStore, a: ServerArgs) -> Result<ExitCode> {
     config.on_round = Some(Arc::new(|m: &RoundMetrics| {
         eprintln!("{}", round_line(m, None));
     }));
+    if let Some(admin_addr) = a.admin_listen {
+        return serve_queue(&pki, a.listen, admin_addr, config);
+    }
+    let model = match &a.model {
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("{}", p.display()))?;
+            Model::from_safetensors(&bytes).with_context(|| format!("{}", p.display()))?
+        }
+        None => softmax_digits_model()?,
+    };
+    let job = a.job.spec();
     let rt = runtime()?;
     let outcome = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen)
@@ -343,7 +353,7 @@ pub(crate) fn server_cmd(ks: &KeyStore, a: ServerArgs) -> Result<ExitCode> {
             }
             eprintln!("aegis server: shutting down (the job resumes from its last checkpoint)");
         };
-        Ok::<_, anyhow::Error>(aegis_server::run(listener, config, shutdown).await?)
+        Ok::<_, anyhow::Error>(aegis_server::run(listener, config, job, model, shutdown).await?)
     })?;
     println!(
         "job {}: {} of {} rounds done; global model (encrypted): {}",
@@ -357,6 +367,58 @@ pub(crate) fn server_cmd(ks: &KeyStore, a: ServerArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(3)
     })
+}
+
+/// SIGINT or SIGTERM.
+pub(crate) fn stop_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
+/// `aegis server --admin-listen`: the job queue, fed by the admin service.
+fn serve_queue(
+    pki: &PkiDir,
+    listen: SocketAddr,
+    admin_addr: SocketAddr,
+    config: ServerConfig,
+) -> Result<ExitCode> {
+    let admin_tls = ServerTls::from_pem_files(
+        &pki.server_cert(),
+        &pki.server_key(),
+        ClientAuth::Required,
+        Some(&pki.ca_cert()),
+    )?
+    .into_config()?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+            .await
+            .with_context(|| format!("listening on {admin_addr}"))?;
+        eprintln!(
+            "aegis server: clients on {listen}, admin service on {admin_addr} (TLS 1.3, mutual TLS for administrators); waiting for jobs"
+        );
+        let stop = stop_signal()?;
+        let shutdown = async move {
+            stop.await;
+            eprintln!("aegis server: shutting down (a running job resumes after a restart)");
+        };
+        let admin = aegis_server::AdminEndpoint {
+            listener: admin_listener,
+            tls: admin_tls,
+        };
+        aegis_server::serve(listener, admin, config, shutdown).await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn client_cmd(ks: &KeyStore, a: ClientArgs) -> Result<ExitCode> {
@@ -611,13 +673,8 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<ExitCode> {
     )?
     .into_config()?;
     let (round_tx, mut round_rx) = tokio::sync::mpsc::unbounded_channel::<RoundMetrics>();
-    let mut config = ServerConfig::new(
-        tls,
-        state_dir.clone(),
-        Arc::clone(&keys),
-        spec,
-        softmax_digits_model()?,
-    );
+    let mut config = ServerConfig::new(tls, state_dir.clone(), Arc::clone(&keys));
+    let initial = softmax_digits_model()?;
     config.deadlines = Deadlines {
         gather_grace: Duration::from_secs(5),
         stage: Duration::from_secs(20),
@@ -633,7 +690,13 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         println!("  server: {addr} (TLS 1.3 only, mutual TLS, SecAgg+)\n");
-        let server = tokio::spawn(aegis_server::run(listener, config, std::future::pending()));
+        let server = tokio::spawn(aegis_server::run(
+            listener,
+            config,
+            spec,
+            initial,
+            std::future::pending(),
+        ));
         let mut clients = Vec::new();
         for (i, path) in shard_paths.iter().enumerate() {
             let id = i as u64 + 1;

@@ -23,6 +23,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 mod fl;
+mod gateway;
 
 /// AEGIS: encryption at rest and key management for federated learning.
 #[derive(Parser, Debug)]
@@ -143,6 +144,9 @@ enum Cmd {
     /// Run the FL server: a job of FedAvg rounds with secure aggregation over TLS 1.3,
     /// checkpoints encrypted at rest; resumes the job after a restart.
     Server(fl::ServerArgs),
+    /// The gateway: HTTPS control plane (jobs, enrolment, tokens, audit log, dashboard).
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCmd),
     /// Run an FL client: train locally on encrypted data, send only masked updates.
     Client(fl::ClientArgs),
     /// Everything at once on this machine: keys, PKI, encrypted non-IID digits shards, a server
@@ -173,7 +177,7 @@ enum CertsCmd {
 }
 
 #[derive(Args, Debug)]
-#[command(group(ArgGroup::new("subject").required(true).args(["client", "server"])))]
+#[command(group(ArgGroup::new("subject").required(true).args(["client", "server", "admin"])))]
 struct IssueArgs {
     /// The PKI directory (made by `aegis certs init`).
     #[arg(long, value_name = "DIR")]
@@ -185,6 +189,10 @@ struct IssueArgs {
     /// A new server certificate (server.pem, server.key).
     #[arg(long)]
     server: bool,
+    /// An administrator certificate (admins/NAME.pem, admins/NAME.key) for the FL server's
+    /// admin service, e.g. `--admin gateway` for the gateway: URI SAN aegis://admin/NAME.
+    #[arg(long, value_name = "NAME")]
+    admin: Option<String>,
     /// With --server: a name of the server, DNS name or IP address (repeatable) [default:
     /// localhost, 127.0.0.1, ::1].
     #[arg(long = "san", value_name = "NAME", conflicts_with = "client")]
@@ -348,6 +356,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         // The demo makes its own key file; it never touches the configured key store.
         Cmd::Demo(a) => return fl::demo_cmd(a),
         Cmd::Tokens(t) => return fl::tokens_cmd(t),
+        Cmd::Gateway(g) => return gateway::gateway_cmd(g),
         cmd => Cli { cmd, ..cli },
     };
     let ks = KeyStore::new(cli.store.config()?);
@@ -362,6 +371,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Client(a) => fl::client_cmd(&ks, a),
         Cmd::Demo(a) => fl::demo_cmd(a),
         Cmd::Tokens(t) => fl::tokens_cmd(t),
+        Cmd::Gateway(g) => gateway::gateway_cmd(g),
     }
 }
 
@@ -403,6 +413,15 @@ fn certs_cmd(cmd: CertsCmd) -> Result<ExitCode> {
             );
         }
         CertsCmd::Issue(a) => match a.client {
+            None if a.admin.is_some() => {
+                let name = a.admin.unwrap_or_default();
+                let (cert, key) = tls_pki::issue_admin(&a.dir, &name, a.force)?;
+                println!(
+                    "issued administrator certificate {} for aegis://admin/{name} (key {}, 0600)",
+                    cert.display(),
+                    key.display()
+                );
+            }
             Some(id) => {
                 let (cert, key) = tls_pki::issue_client(&a.dir, id, a.force)?;
                 println!(
