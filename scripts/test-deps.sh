@@ -6,6 +6,11 @@
 # 1. Debian packages, installed only when missing (checked with `dpkg -s`; `apt-get update`
 #    runs only if something must be installed; sudo is used only when not root):
 #      gnome-keyring dbus libsecret-tools openssl   (+ python3-venv if `python3 -m venv` fails)
+#      postgresql      the server (Debian 12: PostgreSQL 15 in /usr/lib/postgresql/15/bin; also
+#                      creates the `postgres` system user), for scripts/with-postgres.sh
+#      chromium        headless browser for the gateway dashboard test (/usr/bin/chromium)
+#      libnss3-tools   certutil, for scripts/chromium-trust-ca.sh
+#      wrk             HTTP load generator for the gateway load test
 # 2. A Python venv at target/pyenv with the exact pins of scripts/requirements-test.txt
 #    (cryptography, keyring and their dependencies). A stamp file holds the sha256 of the
 #    requirements file and the interpreter version; pip runs only when that changes or the
@@ -51,7 +56,7 @@ venv_ok() {
 }
 
 missing=()
-for p in gnome-keyring dbus libsecret-tools openssl; do
+for p in gnome-keyring dbus libsecret-tools openssl postgresql chromium libnss3-tools wrk; do
   is_installed "$p" || missing+=("$p")
 done
 # python3-venv only matters if we will have to create the venv and `python3 -m venv` fails.
