@@ -223,6 +223,14 @@ pub(crate) struct DemoArgs {
     /// Local SGD step size.
     #[arg(long, default_value_t = 0.5)]
     lr: f32,
+    /// Where the gateway (API and dashboard) listens; when the port is taken, another free
+    /// port is used.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    gateway_listen: SocketAddr,
+    /// Keep the gateway and the server running after the job (until Ctrl-C), to browse the
+    /// dashboard.
+    #[arg(long)]
+    serve: bool,
 }
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -340,17 +348,13 @@ pub(crate) fn server_cmd(ks: &KeyStore, a: ServerArgs) -> Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("listening on {}", a.listen))?;
+        let stop = stop_signal()?;
         eprintln!(
             "aegis server: listening on {} (TLS 1.3, client auth {:?}), job {}",
             a.listen, a.client_auth, a.job.job_id
         );
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
         let shutdown = async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+            stop.await;
             eprintln!("aegis server: shutting down (the job resumes from its last checkpoint)");
         };
         Ok::<_, anyhow::Error>(aegis_server::run(listener, config, job, model, shutdown).await?)
@@ -369,13 +373,14 @@ pub(crate) fn server_cmd(ks: &KeyStore, a: ServerArgs) -> Result<ExitCode> {
     })
 }
 
-/// SIGINT or SIGTERM.
+/// SIGINT or SIGTERM; both handlers are installed when this returns (inside a runtime).
 pub(crate) fn stop_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     Ok(async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
     })
@@ -403,10 +408,10 @@ fn serve_queue(
         let admin_listener = tokio::net::TcpListener::bind(admin_addr)
             .await
             .with_context(|| format!("listening on {admin_addr}"))?;
+        let stop = stop_signal()?;
         eprintln!(
             "aegis server: clients on {listen}, admin service on {admin_addr} (TLS 1.3, mutual TLS for administrators); waiting for jobs"
         );
-        let stop = stop_signal()?;
         let shutdown = async move {
             stop.await;
             eprintln!("aegis server: shutting down (a running job resumes after a restart)");
@@ -539,6 +544,11 @@ fn round_line(m: &RoundMetrics, test: Option<(f32, f32)>) -> String {
     )
 }
 
+/// A string field of a JSON object ("" when absent).
+fn json_str<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
+    v.get(key).and_then(serde_json::Value::as_str).unwrap_or("")
+}
+
 fn human_bytes(b: u64) -> String {
     if b >= 1 << 20 {
         format!("{:.1} MiB", b as f64 / f64::from(1u32 << 20))
@@ -567,6 +577,9 @@ fn demo_dir(dir: &Path) -> Result<()> {
                 "state",
                 "aegis_key.key",
                 "aegis_key.key.keyset",
+                "gateway.db",
+                "gateway.db-wal",
+                "gateway.db-shm",
             ] {
                 let p = dir.join(sub);
                 if p.is_dir() {
@@ -622,6 +635,7 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<ExitCode> {
     for id in 1..=u64::from(a.clients) {
         tls_pki::issue_client(pki.dir(), aegis_transport::ClientId(id), false)?;
     }
+    tls_pki::issue_admin(pki.dir(), "gateway", false)?;
 
     // 3. Data: the digits set split 80/20; the 80% dealt out non-IID (≤ 2 labels per client),
     //    each shard encrypted at rest.
@@ -653,28 +667,33 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<ExitCode> {
         test.len()
     );
 
-    // 4. Server and clients over TLS 1.3 on 127.0.0.1.
+    // 4. The FL server (jobs from its admin service) and the gateway, over TLS 1.3 on
+    //    127.0.0.1; the job goes through the gateway's API like any scientist's.
     let state_dir = dir.join("state");
-    let spec = JobSpec {
-        rounds: a.rounds,
-        cohort: a.clients,
-        min_clients: 3,
-        max_weight: 1000,
-        epochs: a.epochs,
-        batch_size: 16,
-        learning_rate: a.lr,
-        ..JobSpec::new("demo")
+    let job_request = serde_json::json!({
+        "name": "digits demo",
+        "model": {"kind": "softmax_regression", "inputs": 64, "classes": 10},
+        "rounds": a.rounds,
+        "cohort_size": a.clients,
+        "min_clients": 3,
+        "secagg": {"max_weight": 1000},
+        "train": {"epochs": a.epochs, "batch_size": 16, "learning_rate": a.lr},
+    });
+    let server_tls = |auth| -> Result<Arc<rustls::ServerConfig>> {
+        Ok(ServerTls::from_pem_files(
+            &pki.server_cert(),
+            &pki.server_key(),
+            auth,
+            Some(&pki.ca_cert()),
+        )?
+        .into_config()?)
     };
-    let tls = ServerTls::from_pem_files(
-        &pki.server_cert(),
-        &pki.server_key(),
-        ClientAuth::Required,
-        Some(&pki.ca_cert()),
-    )?
-    .into_config()?;
     let (round_tx, mut round_rx) = tokio::sync::mpsc::unbounded_channel::<RoundMetrics>();
-    let mut config = ServerConfig::new(tls, state_dir.clone(), Arc::clone(&keys));
-    let initial = softmax_digits_model()?;
+    let mut config = ServerConfig::new(
+        server_tls(ClientAuth::Required)?,
+        state_dir.clone(),
+        Arc::clone(&keys),
+    );
     config.deadlines = Deadlines {
         gather_grace: Duration::from_secs(5),
         stage: Duration::from_secs(20),
@@ -686,17 +705,52 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<ExitCode> {
     }));
 
     let rt = runtime()?;
-    let outcome = rt.block_on(async {
+    let (job_id, rounds_done) = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        println!("  server: {addr} (TLS 1.3 only, mutual TLS, SecAgg+)\n");
-        let server = tokio::spawn(aegis_server::run(
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let admin_addr = admin_listener.local_addr()?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut server = tokio::spawn(aegis_server::serve(
             listener,
+            aegis_server::AdminEndpoint {
+                listener: admin_listener,
+                tls: server_tls(ClientAuth::Required)?,
+            },
             config,
-            spec,
-            initial,
-            std::future::pending(),
+            stopped(stop_rx.clone()),
         ));
+        let gw = crate::gateway::start_demo_gateway(
+            &dir,
+            &pki,
+            a.gateway_listen,
+            admin_addr,
+            server_tls(ClientAuth::Optional)?,
+            stopped(stop_rx.clone()),
+        )
+        .await?;
+        println!("  FL server: {addr} (TLS 1.3 only, mutual TLS, SecAgg+) · admin service: {admin_addr}");
+        println!(
+            "  gateway:   https://localhost:{}/ (TLS 1.3 only; API, OpenAPI at /docs, dashboard)",
+            gw.addr.port()
+        );
+        let created = gw.api.request("POST", "/v1/jobs", Some(&job_request)).await?;
+        if created.status != 201 {
+            bail!(
+                "the gateway refused the job ({}): {}",
+                created.status,
+                String::from_utf8_lossy(&created.body)
+            );
+        }
+        let created = created.json()?;
+        let job_id = json_str(&created, "id").to_string();
+        if job_id.is_empty() {
+            bail!("the gateway's answer has no job id");
+        }
+        println!("  job {job_id} submitted through POST /v1/jobs\n");
         let mut clients = Vec::new();
         for (i, path) in shard_paths.iter().enumerate() {
             let id = i as u64 + 1;
@@ -745,52 +799,87 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<ExitCode> {
             }));
         }
         print_header();
-        let mut history = Vec::new();
-        let dirp = aegis_server::JobDir::new(&state_dir, "demo");
-        let mut server = server;
-        let outcome = loop {
-            tokio::select! {
-                Some(m) = round_rx.recv() => {
-                    let test_metrics = if m.completed {
-                        let model = dirp.read_checkpoint(&aegis_server::JobDir::checkpoint_name(m.round), &keys)?;
-                        Some(evaluate(&model, &test)?)
-                    } else {
-                        None
-                    };
-                    print_row(&m, test_metrics);
-                    history.push(m);
-                }
-                res = &mut server => break res??,
+        let dirp = aegis_server::JobDir::new(&state_dir, &job_id);
+        let mut rounds_seen = 0;
+        while rounds_seen < a.rounds {
+            let m = tokio::select! {
+                m = round_rx.recv() => m.context("the server stopped")?,
+                res = &mut server => match res? {
+                    Ok(()) => bail!("the FL server stopped before the job ended"),
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            let test_metrics = if m.completed {
+                let model = dirp.read_checkpoint(&aegis_server::JobDir::checkpoint_name(m.round), &keys)?;
+                Some(evaluate(&model, &test)?)
+            } else {
+                None
+            };
+            print_row(&m, test_metrics);
+            rounds_seen += 1;
+        }
+        // The job's status, as the gateway reports it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let job = loop {
+            let got = gw.api.request("GET", &format!("/v1/jobs/{job_id}"), None).await?;
+            let job = got.json()?;
+            if !["running", "queued"].contains(&json_str(&job, "status")) {
+                break job;
             }
+            if Instant::now() > deadline {
+                bail!("job {job_id} did not end in time");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        while let Ok(m) = round_rx.try_recv() {
-            print_row(&m, None);
+        if json_str(&job, "status") != "completed" {
+            bail!(
+                "job {job_id} ended as {}: {}",
+                json_str(&job, "status"),
+                json_str(&job, "error")
+            );
+        }
+        let rounds_done = job
+            .get("rounds_done")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        println!("\ndashboard: {}", gw.dashboard_url());
+        println!(
+            "  (the certificate is from the demo's CA, {}: trust it in the browser or accept the warning; the token in the link is an admin token of this demo)",
+            pki.ca_cert().display()
+        );
+        if a.serve {
+            println!("serving until Ctrl-C …");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(15), gw.task).await;
+        match tokio::time::timeout(Duration::from_secs(15), server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(e.into()),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => bail!("the server did not stop in time"),
         }
         for c in clients {
-            match c.await? {
-                Ok(_) => {}
-                Err(e) => eprintln!("  a client failed: {e}"),
-            }
+            // Clients end when the server stops; the job is over.
+            let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
         }
-        Ok::<_, anyhow::Error>(outcome)
+        Ok::<_, anyhow::Error>((job_id, rounds_done))
     })?;
+    let checkpoint = aegis_server::JobDir::new(&state_dir, &job_id)
+        .path()
+        .join(aegis_server::JobDir::checkpoint_name(rounds_done as u32));
     let key_file = dir.join("aegis_key.key");
     println!(
-        "\nglobal model after round {}: {} (safetensors, AES-256-GCM v2 at rest)",
-        outcome.state.rounds_done,
-        outcome.checkpoint.display()
+        "global model after round {rounds_done}: {} (safetensors, AES-256-GCM v2 at rest)",
+        checkpoint.display()
     );
     println!(
         "decrypt it: aegis --keystore file --key-file {} decrypt {} -o model.safetensors",
         key_file.display(),
-        outcome.checkpoint.display()
+        checkpoint.display()
     );
     println!("done in {:.1} s", started.elapsed().as_secs_f64());
-    Ok(if outcome.finished {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_header() {

@@ -172,7 +172,7 @@ fn verify(database: &str) -> Result<ExitCode> {
         }
         Some((seq, why)) => {
             eprintln!(
-                "aegis: audit log TAMPERED at entry {seq}: {why} ({} entries checked)",
+                "aegis: error: audit log TAMPERED at entry {seq}: {why} ({} entries checked)",
                 report.entries
             );
             Ok(ExitCode::from(1))
@@ -230,6 +230,8 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("listening on {}", a.listen))?;
+        // Signals are handled before anyone is told the gateway is up.
+        let stop = stop_signal()?;
         eprintln!(
             "aegis gateway: https://{}/ (TLS 1.3, client certificates {:?}, {} database), FL server admin at {}",
             a.listen,
@@ -245,7 +247,6 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             max_body: a.max_body,
             acceptor: aegis_transport::AcceptorConfig::default(),
         };
-        let stop = stop_signal()?;
         aegis_gateway::serve(listener, config, async move {
             stop.await;
             eprintln!("aegis gateway: shutting down");
@@ -254,4 +255,79 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The gateway of `aegis demo`, running.
+pub(crate) struct DemoGateway {
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) api: aegis_gateway::client::ApiClient,
+    pub(crate) task: tokio::task::JoinHandle<aegis_gateway::Result<()>>,
+    token: zeroize::Zeroizing<String>,
+}
+
+impl DemoGateway {
+    /// The dashboard, signed in with the demo's admin token.
+    pub(crate) fn dashboard_url(&self) -> String {
+        format!(
+            "https://localhost:{}/#token={}",
+            self.addr.port(),
+            self.token.as_str()
+        )
+    }
+}
+
+/// Starts the demo's gateway: SQLite in `dir`, an admin token, the FL server's admin service
+/// at `fl_admin`; listens on `listen`, or on a free port when that one is taken.
+pub(crate) async fn start_demo_gateway(
+    dir: &std::path::Path,
+    pki: &PkiDir,
+    listen: SocketAddr,
+    fl_admin: SocketAddr,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<DemoGateway> {
+    let db = Db::connect(&format!("sqlite:{}", dir.join("gateway.db").display())).await?;
+    let (_, token) =
+        aegis_gateway::auth::issue_stored_token(&db, "demo", Role::Admin, None, None).await?;
+    db.audit(
+        "cli",
+        "token.issue",
+        "demo",
+        "success",
+        "aegis demo's admin token",
+    )
+    .await?;
+    let fl_tls = ClientTls::from_pem_files(
+        &pki.ca_cert(),
+        Some((&pki.admin_cert("gateway"), &pki.admin_key("gateway"))),
+    )?
+    .into_config()?;
+    let channel = aegis_client::net::lazy_channel(
+        fl_tls,
+        &fl_admin.to_string(),
+        "localhost",
+        Duration::from_secs(5),
+    )?;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(_) => tokio::net::TcpListener::bind((listen.ip(), 0)).await?,
+    };
+    let addr = listener.local_addr()?;
+    let config = GatewayConfig {
+        tls,
+        db,
+        fl: aegis_gateway::fl::FlAdmin::new(channel, aegis_server::DEFAULT_MAX_MESSAGE),
+        ca: Some(Ca::load(pki.dir())?),
+        max_body: aegis_gateway::DEFAULT_MAX_BODY,
+        acceptor: aegis_transport::AcceptorConfig::default(),
+    };
+    let task = tokio::spawn(aegis_gateway::serve(listener, config, shutdown));
+    let roots = ClientTls::from_pem_files(&pki.ca_cert(), None)?.into_config()?;
+    let api = aegis_gateway::client::ApiClient::new(roots, addr, "localhost", token.clone());
+    Ok(DemoGateway {
+        addr,
+        api,
+        task,
+        token,
+    })
 }

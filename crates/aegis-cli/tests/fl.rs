@@ -36,6 +36,8 @@ fn demo_runs_rounds_with_a_dropout_and_leaves_an_encrypted_model() {
         "3",
         "--dropout",
         "1",
+        "--gateway-listen",
+        "127.0.0.1:0",
     ];
     let out = sb.aegis().ok(args);
     let stdout = text(&out);
@@ -54,8 +56,32 @@ fn demo_runs_rounds_with_a_dropout_and_leaves_an_encrypted_model() {
     // The dropped client reconnected for round 3.
     assert!(rows[2].contains("5/5"), "{stdout}");
 
-    let model = dir.join("state/jobs/demo/round-0003.aegis");
+    // The job went through the gateway: its id names the job's directory.
+    let job = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("job ")?.split_whitespace().next())
+        .expect("the job id is printed")
+        .to_string();
+    assert!(
+        stdout.contains("submitted through POST /v1/jobs"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("dashboard: https://localhost:"), "{stdout}");
+    let model = dir.join(format!("state/jobs/{job}/round-0003.aegis"));
     assert!(stdout.contains(s(&model)), "{stdout}");
+    // The gateway's database recorded the job's creation in its audit chain.
+    let verify = sb.aegis().ok([
+        "gateway",
+        "audit",
+        "verify",
+        "--database",
+        &format!("sqlite:{}", dir.join("gateway.db").display()),
+    ]);
+    assert!(
+        text(&verify).contains("audit log intact"),
+        "{}",
+        text(&verify)
+    );
     let blob = std::fs::read(&model).unwrap();
     assert!(aegis_crypto::v2::has_magic(&blob));
     // Shards and checkpoints hold no plaintext; the key decrypts the model to safetensors.

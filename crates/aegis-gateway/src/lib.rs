@@ -24,6 +24,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod client;
 pub mod db;
 mod error;
 pub mod extract;

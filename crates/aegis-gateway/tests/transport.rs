@@ -31,7 +31,12 @@ async fn s_client(env: &Env, args: &[&str]) -> Option<std::process::Output> {
     };
     let mut cmd = tokio::process::Command::new(openssl);
     cmd.arg("s_client")
-        .args(["-connect", &env.gw_addr.to_string(), "-servername", "localhost"])
+        .args([
+            "-connect",
+            &env.gw_addr.to_string(),
+            "-servername",
+            "localhost",
+        ])
         .args(["-CAfile", env.pki().ca_cert().to_str().unwrap()])
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -47,10 +52,18 @@ async fn s_client(env: &Env, args: &[&str]) -> Option<std::process::Output> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls12_is_refused_and_tls13_negotiated() {
     let dir = tempfile::tempdir().unwrap();
-    let env = Env::start(database("sqlite", dir.path()).await.unwrap(), Opts::default()).await;
+    let env = Env::start(
+        database("sqlite", dir.path()).await.unwrap(),
+        Opts::default(),
+    )
+    .await;
     if let Some(ok) = s_client(&env, &["-tls1_3", "-brief"]).await {
-        let text = String::from_utf8_lossy(&ok.stderr).to_string() + &String::from_utf8_lossy(&ok.stdout);
-        assert!(ok.status.success() && text.contains("TLSv1.3"), "TLS 1.3 should connect:\n{text}");
+        let text =
+            String::from_utf8_lossy(&ok.stderr).to_string() + &String::from_utf8_lossy(&ok.stdout);
+        assert!(
+            ok.status.success() && text.contains("TLSv1.3"),
+            "TLS 1.3 should connect:\n{text}"
+        );
         let refused = s_client(&env, &["-tls1_2", "-brief"]).await.unwrap();
         let text = String::from_utf8_lossy(&refused.stderr).to_string();
         assert!(!refused.status.success(), "TLS 1.2 was accepted:\n{text}");
@@ -68,20 +81,43 @@ async fn required_client_certificates_refuse_clients_without_one() {
     };
     let env = Env::start(database("sqlite", dir.path()).await.unwrap(), opts).await;
     // Without a certificate: the handshake (or the first read) fails; no HTTP answer at all.
-    let refused = env.client(None).request("GET", "/healthz", None, None).await;
-    assert!(refused.is_err(), "a client without a certificate got an answer");
+    let refused = env
+        .client(None)
+        .request("GET", "/healthz", None, None)
+        .await;
+    assert!(
+        refused.is_err(),
+        "a client without a certificate got an answer"
+    );
     // A certificate from another CA is refused too.
     let other = tempfile::tempdir().unwrap();
     pki::init(other.path(), &pki::default_server_sans(), false).unwrap();
     let (cert, key) = pki::issue_client(other.path(), ClientId(5), false).unwrap();
-    assert!(env.client(Some((&cert, &key))).request("GET", "/healthz", None, None).await.is_err());
+    assert!(
+        env.client(Some((&cert, &key)))
+            .request("GET", "/healthz", None, None)
+            .await
+            .is_err()
+    );
     // A certificate from the deployment CA gets through TLS; the token still decides the role.
     let (cert, key) = pki::issue_client(&env.pki, ClientId(5), false).unwrap();
     let c = env.client(Some((&cert, &key)));
     let ok = c.request("GET", "/healthz", None, None).await.unwrap();
     assert_eq!(ok.status, 200);
-    assert_eq!(c.request("GET", "/v1/jobs", None, None).await.unwrap().status, 401);
+    assert_eq!(
+        c.request("GET", "/v1/jobs", None, None)
+            .await
+            .unwrap()
+            .status,
+        401
+    );
     let token = env.admin_token.clone();
-    assert_eq!(c.request("GET", "/v1/jobs", Some(&token), None).await.unwrap().status, 200);
+    assert_eq!(
+        c.request("GET", "/v1/jobs", Some(&token), None)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     env.stop().await;
 }
