@@ -180,6 +180,24 @@ fn verify(database: &str) -> Result<ExitCode> {
     }
 }
 
+/// Appends `key.rotate` to the gateway's audit log.
+pub(crate) fn audit_key_rotation(url: &str, old: &str, new: &str) -> Result<()> {
+    let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+    runtime()?.block_on(async {
+        let db = Db::connect(url).await?;
+        db.audit(
+            &format!("{actor} (command line)"),
+            "key.rotate",
+            new,
+            "success",
+            &format!("new primary key {new}; {old} retained for decryption"),
+        )
+        .await?;
+        db.close().await;
+        Ok(())
+    })
+}
+
 /// The host part of `HOST:PORT`.
 fn host_of(addr: &str) -> String {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);

@@ -213,7 +213,16 @@ enum KeyCmd {
         json: bool,
     },
     /// Make a new primary key; the old one stays for decryption. Then run `aegis reencrypt`.
-    Rotate,
+    Rotate {
+        /// Record the rotation in the gateway's audit log (sqlite:PATH or postgres://…).
+        #[arg(
+            long,
+            env = "AEGIS_GATEWAY_DATABASE",
+            hide_env_values = true,
+            value_name = "URL"
+        )]
+        audit_database: Option<String>,
+    },
     /// Stop using a retained key; refused while any file under the roots still needs it.
     Retire {
         /// The key id (16 hex digits, see `aegis key status`).
@@ -456,12 +465,17 @@ fn key_cmd(store: &KeyStore, args: &StoreArgs, cmd: KeyCmd) -> Result<ExitCode> 
             let (keys, loc) = store.load()?;
             print_status(&keys, &loc.to_string(), json)?;
         }
-        KeyCmd::Rotate => {
+        KeyCmd::Rotate { audit_database } => {
             let ((old, new), _, loc) = store.update(|keys| {
                 let old = keys.primary_id();
                 Ok((old, keys.rotate()?))
             })?;
             println!("new primary key {new} in {loc}; {old} is retained for decryption");
+            if let Some(url) = audit_database {
+                gateway::audit_key_rotation(&url, &old.to_string(), &new.to_string())
+                    .context("the key was rotated, but recording it in the audit log failed")?;
+                println!("recorded in the gateway's audit log");
+            }
             println!("next: `aegis reencrypt DIR...` brings existing files under {new}");
         }
         KeyCmd::Retire { id, roots } => {
