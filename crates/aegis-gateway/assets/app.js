@@ -903,7 +903,7 @@
     try {
       const res = await fetch('/healthz', { cache: 'no-store', credentials: 'same-origin' });
       const body = await res.json();
-      const ok = body && body.fl_server === 'ok' && body.database !== 'error';
+      const ok = body && body.fl_server === 'ok' && body.database === 'ok';
       el.className = `health ${ok ? 'health-ok' : 'health-warn'}`;
       $('#health-text').textContent = body && body.fl_server === 'ok' ? 'FL server connected' : `FL server ${body && body.fl_server ? body.fl_server : 'unknown'}`;
       el.title = `gateway ${body && body.status ? body.status : '?'} · database ${body && body.database ? body.database : '?'} · FL server ${body && body.fl_server ? body.fl_server : '?'}`;
@@ -958,10 +958,10 @@
     const section = $('#audit');
     if (state.forbidden.audit) return;
     try {
-      // First call: ?limit=50. Later calls follow the log with ?after=<highest seq seen>, page by
+      // First call: the newest 50 (?tail=true). Later calls follow the log with ?after=<highest seq seen>, page by
       // page, so the view holds the newest 50 entries whatever window `limit` alone returns.
       for (let page = 0; page < AUDIT_MAX_PAGES_PER_TICK; page++) {
-        const q = state.auditMaxSeq === null ? `limit=${AUDIT_KEEP}` : `after=${encodeURIComponent(state.auditMaxSeq)}&limit=${AUDIT_KEEP}`;
+        const q = state.auditMaxSeq === null ? `tail=true&limit=${AUDIT_KEEP}` : `after=${encodeURIComponent(state.auditMaxSeq)}&limit=${AUDIT_KEEP}`;
         const entries = await api(`/v1/audit?${q}`);
         const list = Array.isArray(entries) ? entries : [];
         let grew = false;
