@@ -848,8 +848,8 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<ExitCode> {
             pki.ca_cert().display()
         );
         if a.serve {
-            println!("serving until Ctrl-C …");
-            let _ = tokio::signal::ctrl_c().await;
+            println!("serving until Ctrl-C (or SIGTERM) …");
+            stop_signal()?.await;
         }
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(15), gw.task).await;

@@ -120,6 +120,8 @@ pub(crate) fn gateway_cmd(cmd: GatewayCmd) -> Result<ExitCode> {
 fn token(a: TokenArgs) -> Result<ExitCode> {
     let rt = runtime()?;
     rt.block_on(async {
+        aegis_gateway::auth::check_token_request(&a.name, a.expires_in)
+            .map_err(|m| anyhow::anyhow!(m))?;
         let db = Db::connect(&a.database).await?;
         let token = aegis_gateway::auth::issue_stored_token(
             &db,
@@ -157,7 +159,7 @@ fn token(a: TokenArgs) -> Result<ExitCode> {
 fn verify(database: &str) -> Result<ExitCode> {
     let rt = runtime()?;
     let report = rt.block_on(async {
-        let db = Db::connect(database).await?;
+        let db = Db::connect_existing(database).await?;
         let r = db.verify_audit().await;
         db.close().await;
         Ok::<_, anyhow::Error>(r?)

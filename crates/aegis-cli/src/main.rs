@@ -171,8 +171,9 @@ enum CertsCmd {
         #[arg(long)]
         force: bool,
     },
-    /// Issue a client certificate (clients/ID.pem, clients/ID.key) or a new server certificate
-    /// from the CA in DIR.
+    /// Issue a client certificate (clients/ID.pem, clients/ID.key), an administrator
+    /// certificate (admins/NAME.pem, .key: `--admin gateway` for the gateway) or a new server
+    /// certificate from the CA in DIR.
     Issue(IssueArgs),
 }
 

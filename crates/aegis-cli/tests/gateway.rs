@@ -47,7 +47,10 @@ fn token_is_shown_once_and_the_verify_command_detects_tampering() {
         !err.contains(&token),
         "the token must not reach stderr: {err}"
     );
-    // The database holds its hash only.
+    // The database is private (0600) and holds the token's hash only.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&db_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
     let raw = std::fs::read(&db_path).unwrap();
     assert!(!raw.windows(token.len()).any(|w| w == token.as_bytes()));
     sb.aegis().ok([

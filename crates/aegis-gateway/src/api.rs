@@ -201,13 +201,10 @@ impl Validate for IssueToken {
                 "value_error",
             ));
         }
-        if self
-            .expires_in_seconds
-            .is_some_and(|s| s == 0 || s > 315_360_000)
-        {
+        if let Err(msg) = crate::auth::check_token_request("x", self.expires_in_seconds) {
             v.push(FieldError::new(
                 &["body", "expires_in_seconds"],
-                "must be between 1 and 315360000 (ten years)",
+                msg,
                 "value_error",
             ));
         }
@@ -521,8 +518,8 @@ pub async fn revoke_client(
     caller: Caller,
     Path(raw): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let id = client_id_param(&raw)?;
     caller.require(&[Role::Admin], "revoke clients")?;
+    let id = client_id_param(&raw)?;
     if !s.db.revoke_client(id).await? {
         return Err(ApiError::NotFound("client not found".into()));
     }

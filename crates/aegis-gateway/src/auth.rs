@@ -55,6 +55,23 @@ pub fn random_id(prefix: &str) -> Result<String, crate::Error> {
     Ok(format!("{prefix}{}", hex::encode(raw)))
 }
 
+/// Longest token lifetime: ten years.
+pub const MAX_LIFETIME_SECS: u64 = 315_360_000;
+
+/// Checks a token's name (1-64 printable characters) and lifetime (1 s to ten years); the
+/// message says what is wrong.
+pub fn check_token_request(name: &str, expires_in_seconds: Option<u64>) -> Result<(), String> {
+    if name.trim().is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err("the token's name must be 1-64 printable characters".into());
+    }
+    if expires_in_seconds.is_some_and(|s| s == 0 || s > MAX_LIFETIME_SECS) {
+        return Err(format!(
+            "the lifetime must be between 1 and {MAX_LIFETIME_SECS} seconds (ten years)"
+        ));
+    }
+    Ok(())
+}
+
 /// Creates a token, stores its hash, and returns the row and the token (shown once).
 pub async fn issue_stored_token(
     db: &crate::db::Db,

@@ -182,9 +182,19 @@ fn is_conflict(e: &sqlx::Error) -> bool {
 }
 
 impl Db {
-    /// Connects to `url` (`sqlite:PATH` — created if missing — or `postgres://…`) and
+    /// Connects to `url` (`sqlite:PATH` — created 0600 if missing — or `postgres://…`) and
     /// applies the migrations.
     pub async fn connect(url: &str) -> Result<Db> {
+        Db::open(url, true).await
+    }
+
+    /// Connects to an existing database (a missing SQLite file is an error, not a new empty
+    /// database): for commands that only read, such as verifying the audit log.
+    pub async fn connect_existing(url: &str) -> Result<Db> {
+        Db::open(url, false).await
+    }
+
+    async fn open(url: &str, create: bool) -> Result<Db> {
         sqlx::any::install_default_drivers();
         let (url, kind) = if let Some(path) = url
             .strip_prefix("sqlite://")
@@ -196,7 +206,19 @@ impl Db {
                     "the SQLite database must be a file: sqlite:PATH".into(),
                 ));
             }
-            (format!("sqlite://{path}?mode=rwc"), "sqlite")
+            let file = std::path::Path::new(path);
+            if !file.exists() {
+                if !create {
+                    return Err(Error::Config(format!("{path}: no such database file")));
+                }
+                // Created private; SQLite gives its -wal and -shm files the same mode.
+                if let Err(e) = aegis_crypto::fsutil::create_private(file, b"")
+                    && !file.exists()
+                {
+                    return Err(Error::Io(format!("creating {path}: {e}")));
+                }
+            }
+            (format!("sqlite://{path}?mode=rw"), "sqlite")
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (url.to_string(), "postgres")
         } else {

@@ -280,6 +280,9 @@ where
     )?);
     let revoked_path = config.state_dir.join("revoked.json");
     let mut fed = Federation::start(listener, &config, admin::load_revoked(&revoked_path)?);
+    // Clients connect before the jobs they will serve are known: their queues have room for
+    // the largest model a job can be submitted with (one admin message).
+    fed.shared.set_job("", model_chunks(config.max_message / 4));
     let admin_svc = aegis_proto::admin::admin_server::AdminServer::new(admin::AdminService {
         queue: Arc::clone(&queue),
         shared: Arc::clone(&fed.shared),
@@ -288,7 +291,16 @@ where
     })
     .max_decoding_message_size(config.max_message)
     .max_encoding_message_size(config.max_message);
-    let admin_incoming = TlsIncoming::new(admin.listener, admin.tls);
+    // Administrators are few: a small connection bound keeps other certificate holders of the
+    // CA (which the handshake accepts; the service then refuses them) from holding many slots.
+    let admin_incoming = TlsIncoming::with_config(
+        admin.listener,
+        admin.tls,
+        AcceptorConfig {
+            max_connections: 64,
+            ..AcceptorConfig::default()
+        },
+    );
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin_server = tokio::spawn(
         tonic::transport::Server::builder()

@@ -328,7 +328,13 @@ impl Queue {
                 _ if record.status == Status::Cancelled => {}
                 Err(e) => {
                     record.status = Status::Failed;
-                    record.error = Some(e.to_string());
+                    // Whoever reads the job (every gateway role) learns why it failed, not the
+                    // server's paths or I/O details, which stay in its log.
+                    record.error = Some(match e {
+                        Error::JobFailed { reason, .. } => reason.clone(),
+                        Error::Config(m) => m.clone(),
+                        _ => "the server failed (see its log)".into(),
+                    });
                 }
                 Ok(()) if finished => record.status = Status::Completed,
                 Ok(()) => {}

@@ -107,9 +107,10 @@ impl Shared {
         }
     }
 
-    /// Names the job that runs now (`""` when idle) and sizes new connections' queues for its
-    /// model (`model_chunks` chunks). Connections made earlier keep their queue: the model is
-    /// known when a job is submitted, and every job's queue leaves room for 64 frames more.
+    /// Names the job that runs now (`""` when idle) and makes new connections' queues large
+    /// enough for `model_chunks` model chunks (queues never shrink). Connections made earlier
+    /// keep their queue, so a server that runs several jobs sizes queues for its largest
+    /// possible model before clients connect (see `serve`).
     pub(crate) fn set_job(&self, job_id: &str, model_chunks: usize) {
         *lock(&self.job_id) = job_id.to_string();
         self.queue
