@@ -301,21 +301,31 @@ pub(crate) fn tokens_cmd(cmd: TokensCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn server_cmd(ks: &KeyStore, a: ServerArgs) -> Result<ExitCode> {
-    let keys = load_keys(ks)?;
-    let pki = PkiDir::new(&a.pki);
-    let auth = match a.client_auth {
-        ClientAuthArg::Require => ClientAuth::Required,
-        ClientAuthArg::Optional => ClientAuth::Optional,
-        ClientAuthArg::Off => ClientAuth::Off,
-    };
-    let tls = ServerTls::from_pem_files(
+impl From<ClientAuthArg> for ClientAuth {
+    fn from(a: ClientAuthArg) -> ClientAuth {
+        match a {
+            ClientAuthArg::Require => ClientAuth::Required,
+            ClientAuthArg::Optional => ClientAuth::Optional,
+            ClientAuthArg::Off => ClientAuth::Off,
+        }
+    }
+}
+
+/// TLS 1.3 with the PKI's server certificate, client certificates verified against its CA.
+pub(crate) fn server_tls(pki: &PkiDir, auth: ClientAuth) -> Result<Arc<rustls::ServerConfig>> {
+    Ok(ServerTls::from_pem_files(
         &pki.server_cert(),
         &pki.server_key(),
         auth,
         Some(&pki.ca_cert()),
     )?
-    .into_config()?;
+    .into_config()?)
+}
+
+pub(crate) fn server_cmd(ks: &KeyStore, a: ServerArgs) -> Result<ExitCode> {
+    let keys = load_keys(ks)?;
+    let pki = PkiDir::new(&a.pki);
+    let tls = server_tls(&pki, a.client_auth.into())?;
     let tokens = a.tokens.as_deref().map(TokenTable::load).transpose()?;
     if matches!(a.client_auth, ClientAuthArg::Off) && tokens.is_none() {
         bail!("--client-auth off needs --tokens: clients must authenticate somehow");
@@ -393,13 +403,7 @@ fn serve_queue(
     admin_addr: SocketAddr,
     config: ServerConfig,
 ) -> Result<ExitCode> {
-    let admin_tls = ServerTls::from_pem_files(
-        &pki.server_cert(),
-        &pki.server_key(),
-        ClientAuth::Required,
-        Some(&pki.ca_cert()),
-    )?
-    .into_config()?;
+    let admin_tls = server_tls(pki, ClientAuth::Required)?;
     let rt = runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
@@ -503,7 +507,7 @@ pub(crate) fn client_cmd(ks: &KeyStore, a: ClientArgs) -> Result<ExitCode> {
 }
 
 /// The host part of `HOST:PORT` (`[::1]:7443` → `::1`), the name to check the certificate for.
-fn host_of(server: &str) -> Result<String> {
+pub(crate) fn host_of(server: &str) -> Result<String> {
     let host = match server.strip_prefix('[') {
         Some(rest) => rest.split_once(']').map(|(h, _)| h),
         None => server.rsplit_once(':').map(|(h, _)| h),
@@ -679,18 +683,9 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<ExitCode> {
         "secagg": {"max_weight": 1000},
         "train": {"epochs": a.epochs, "batch_size": 16, "learning_rate": a.lr},
     });
-    let server_tls = |auth| -> Result<Arc<rustls::ServerConfig>> {
-        Ok(ServerTls::from_pem_files(
-            &pki.server_cert(),
-            &pki.server_key(),
-            auth,
-            Some(&pki.ca_cert()),
-        )?
-        .into_config()?)
-    };
     let (round_tx, mut round_rx) = tokio::sync::mpsc::unbounded_channel::<RoundMetrics>();
     let mut config = ServerConfig::new(
-        server_tls(ClientAuth::Required)?,
+        server_tls(&pki, ClientAuth::Required)?,
         state_dir.clone(),
         Arc::clone(&keys),
     );
@@ -718,7 +713,7 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<ExitCode> {
             listener,
             aegis_server::AdminEndpoint {
                 listener: admin_listener,
-                tls: server_tls(ClientAuth::Required)?,
+                tls: server_tls(&pki, ClientAuth::Required)?,
             },
             config,
             stopped(stop_rx.clone()),
@@ -728,7 +723,7 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<ExitCode> {
             &pki,
             a.gateway_listen,
             admin_addr,
-            server_tls(ClientAuth::Optional)?,
+            server_tls(&pki, ClientAuth::Optional)?,
             stopped(stop_rx.clone()),
         )
         .await?;

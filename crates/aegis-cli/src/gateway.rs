@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use aegis_gateway::{Db, GatewayConfig, Role};
+use aegis_transport::ClientTls;
 use aegis_transport::pki::{Ca, PkiDir};
-use aegis_transport::{ClientAuth, ClientTls, ServerTls};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::fl::{ClientAuthArg, runtime, stop_signal};
+use crate::fl::{ClientAuthArg, host_of, runtime, server_tls, stop_signal};
 
 /// Default database: a SQLite file in the working directory.
 const DEFAULT_DATABASE: &str = "sqlite:aegis-gateway.db";
@@ -200,28 +200,9 @@ pub(crate) fn audit_key_rotation(url: &str, old: &str, new: &str) -> Result<()> 
     })
 }
 
-/// The host part of `HOST:PORT`.
-fn host_of(addr: &str) -> String {
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string()
-}
-
 fn serve(a: ServeArgs) -> Result<ExitCode> {
     let pki = PkiDir::new(&a.pki);
-    let auth = match a.mtls {
-        ClientAuthArg::Require => ClientAuth::Required,
-        ClientAuthArg::Optional => ClientAuth::Optional,
-        ClientAuthArg::Off => ClientAuth::Off,
-    };
-    let tls = ServerTls::from_pem_files(
-        &pki.server_cert(),
-        &pki.server_key(),
-        auth,
-        Some(&pki.ca_cert()),
-    )?
-    .into_config()?;
+    let tls = server_tls(&pki, a.mtls.into())?;
     let ca = if pki.ca_key().exists() {
         Some(Ca::load(&a.pki).context("loading the CA (for enrolment)")?)
     } else {
@@ -238,10 +219,10 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     }
     let fl_tls = ClientTls::from_pem_files(&pki.ca_cert(), Some((&admin_cert, &admin_key)))?
         .into_config()?;
-    let fl_name = a
-        .fl_admin_name
-        .clone()
-        .unwrap_or_else(|| host_of(&a.fl_admin));
+    let fl_name = match &a.fl_admin_name {
+        Some(n) => n.clone(),
+        None => host_of(&a.fl_admin)?,
+    };
     let rt = runtime()?;
     rt.block_on(async move {
         let db = Db::connect(&a.database).await?;

@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aegis_client::Model;
 use aegis_gateway::Db;
@@ -623,24 +623,5 @@ fn rustls_pki_types_der(pem: &str) -> rustls_pki_types::CertificateDer<'static> 
 }
 
 async fn wait_status(env: &Env, token: &str, id: &str, want: &str, within: Duration) -> Value {
-    let start = Instant::now();
-    loop {
-        let r = env.get(&format!("/v1/jobs/{id}"), Some(token)).await;
-        assert_eq!(r.status, 200);
-        let j = r.json();
-        if j["status"] == want {
-            return j;
-        }
-        assert!(
-            !["failed", "cancelled"].contains(&j["status"].as_str().unwrap_or("")),
-            "job ended as {}: {}",
-            j["status"],
-            j["error"]
-        );
-        assert!(
-            start.elapsed() < within,
-            "job not {want} within {within:?}: {j}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_job(env, token, id, within, |j| j["status"] == want).await
 }

@@ -21,7 +21,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// The longest a browser run may take before it is killed.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,37 +39,27 @@ async fn dashboard_in_headless_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let url = database("sqlite", dir.path()).await.unwrap();
     let env = Env::start(url, Opts::default()).await;
-    let admin = env.admin_token.clone();
 
     // A scientist, a long job and three clients running it.
-    let r = env
-        .post_json(
-            "/v1/tokens",
-            Some(&admin),
-            &json!({"name": "alice", "role": "scientist"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let sci = r.json()["token"].as_str().unwrap().to_string();
-    let r = env
-        .post_json(
-            "/v1/jobs",
-            Some(&sci),
-            &json!({
-                "name": "dashboard-e2e",
-                "model": {"kind": "softmax_regression", "inputs": 4, "classes": 2},
-                "rounds": 200,
-                "cohort_size": 3,
-                "min_clients": 3,
-            }),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let id = r.json()["id"].as_str().unwrap().to_string();
+    let sci = scientist_token(&env, "alice").await;
+    let id = create_job(
+        &env,
+        &sci,
+        &json!({
+            "name": "dashboard-e2e",
+            "model": {"kind": "softmax_regression", "inputs": 4, "classes": 2},
+            "rounds": 200,
+            "cohort_size": 3,
+            "min_clients": 3,
+        }),
+    )
+    .await;
     // Paced clients: ~0.25 s per round, so the 200 rounds outlast the browser by far (the
     // harness's `spawn_client` runs 10–40 rounds a second here, which would finish the job in
     // seconds), with reported metrics that improve round by round.
-    let clients: Vec<_> = (1..=3).map(|i| spawn_paced_client(&env, i)).collect();
+    let clients: Vec<_> = (1..=3)
+        .map(|i| spawn_client_with(&env, i, PacedTrainer { rounds: 0 }))
+        .collect();
     let job = wait_job(&env, &sci, &id, Duration::from_secs(60), |j| {
         j["status"] == "running" && j["rounds_done"].as_u64().unwrap_or(0) >= 2
     })
@@ -289,46 +279,6 @@ impl aegis_client::Trainer for PacedTrainer {
     }
 }
 
-/// [`spawn_client`] with a [`PacedTrainer`].
-fn spawn_paced_client(
-    env: &Env,
-    id: u64,
-) -> tokio::task::JoinHandle<aegis_client::Result<aegis_client::net::Exit>> {
-    let p = env.pki();
-    let cid = aegis_transport::ClientId(id);
-    if !p.client_cert(cid).exists() {
-        aegis_transport::pki::issue_client(&env.pki, cid, false).unwrap();
-    }
-    let opts = aegis_client::net::ClientOptions::with_certificate(
-        &env.fl_addr.to_string(),
-        &p.ca_cert(),
-        &p.client_cert(cid),
-        &p.client_key(cid),
-        cid,
-    )
-    .unwrap();
-    tokio::spawn(async move {
-        aegis_client::net::run(opts, PacedTrainer { rounds: 0 })
-            .await
-            .map(|report| report.exit)
-    })
-}
-
-/// The tool named by `var`; `None` (skip) when unset outside CI, a failure in CI.
-fn tool(var: &str) -> Option<PathBuf> {
-    match std::env::var_os(var) {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{var} is not set in CI: scripts/test.sh must install the tool and set it"
-            );
-            eprintln!("SKIPPED: {var} is not set (run scripts/test.sh)");
-            None
-        }
-    }
-}
-
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -349,38 +299,6 @@ fn target_dir() -> PathBuf {
             }
         }
         _ => repo_root().join("target"),
-    }
-}
-
-/// Polls `GET /v1/jobs/{id}` until `done` holds, for at most `within`.
-async fn wait_job(
-    env: &Env,
-    token: &str,
-    id: &str,
-    within: Duration,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let start = Instant::now();
-    loop {
-        let r = env.get(&format!("/v1/jobs/{id}"), Some(token)).await;
-        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        let j = r.json();
-        if done(&j) {
-            return j;
-        }
-        assert!(
-            !["failed", "completed"].contains(&j["status"].as_str().unwrap_or("")),
-            "job ended as {}: {}",
-            j["status"],
-            j["error"]
-        );
-        assert!(
-            start.elapsed() < within,
-            "job not in the wanted state within {within:?}: status {}, rounds_done {}",
-            j["status"],
-            j["rounds_done"]
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

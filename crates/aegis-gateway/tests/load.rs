@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -37,31 +37,20 @@ async fn gateway_under_wrk_load() {
     let env = Env::start(url, Opts::default()).await;
     let admin = env.admin_token.clone();
 
-    let r = env
-        .post_json(
-            "/v1/tokens",
-            Some(&admin),
-            &json!({"name": "alice", "role": "scientist"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let sci = r.json()["token"].as_str().unwrap().to_string();
+    let sci = scientist_token(&env, "alice").await;
     // No client ever connects: the job never finishes, and every GET asks the FL server for it.
-    let r = env
-        .post_json(
-            "/v1/jobs",
-            Some(&sci),
-            &json!({
-                "name": "load",
-                "model": {"kind": "softmax_regression", "inputs": 4, "classes": 2},
-                "rounds": 5,
-                "cohort_size": 3,
-                "min_clients": 3,
-            }),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let id = r.json()["id"].as_str().unwrap().to_string();
+    let id = create_job(
+        &env,
+        &sci,
+        &json!({
+            "name": "load",
+            "model": {"kind": "softmax_regression", "inputs": 4, "classes": 2},
+            "rounds": 5,
+            "cohort_size": 3,
+            "min_clients": 3,
+        }),
+    )
+    .await;
     let one = env.get(&format!("/v1/jobs/{id}"), Some(&sci)).await;
     assert_eq!(one.status, 200);
     // The FL server takes it at once ("running") and waits there for clients.
@@ -188,21 +177,6 @@ async fn gateway_under_wrk_load() {
     assert_eq!(r.status, 200);
     env.stop().await;
     eprintln!("load test done in {:.1?}", t0.elapsed());
-}
-
-/// The tool named by `var`; `None` (skip) when unset outside CI, a failure in CI.
-fn tool(var: &str) -> Option<PathBuf> {
-    match std::env::var_os(var) {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{var} is not set in CI: scripts/test.sh must install the tool and set it"
-            );
-            eprintln!("SKIPPED: {var} is not set (run scripts/test.sh)");
-            None
-        }
-    }
 }
 
 /// `aegis_gateway_auth_failures_total` from `/metrics`.

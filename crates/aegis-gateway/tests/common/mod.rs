@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aegis_client::{Model, TrainOutput, Trainer};
 use aegis_gateway::{Db, GatewayConfig};
@@ -22,6 +22,7 @@ use aegis_transport::pki::{self, Ca, PkiDir};
 use aegis_transport::{ClientAuth, ClientTls, Connector, ServerTls};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
@@ -363,6 +364,15 @@ pub fn spawn_client(
     id: u64,
     step: f32,
 ) -> tokio::task::JoinHandle<aegis_client::Result<aegis_client::net::Exit>> {
+    spawn_client_with(env, id, StepTrainer { step })
+}
+
+/// Runs FL client `id` with `trainer` and a certificate from the PKI.
+pub fn spawn_client_with<T: Trainer + Send + 'static>(
+    env: &Env,
+    id: u64,
+    trainer: T,
+) -> tokio::task::JoinHandle<aegis_client::Result<aegis_client::net::Exit>> {
     let p = env.pki();
     let cid = aegis_transport::ClientId(id);
     if !p.client_cert(cid).exists() {
@@ -377,8 +387,75 @@ pub fn spawn_client(
     )
     .unwrap();
     tokio::spawn(async move {
-        aegis_client::net::run(opts, StepTrainer { step })
+        aegis_client::net::run(opts, trainer)
             .await
             .map(|report| report.exit)
     })
+}
+
+/// The tool named by `var`; `None` (skip) when unset outside CI, a failure in CI.
+pub fn tool(var: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{var} is not set in CI: scripts/test.sh must install the tool and set it"
+            );
+            eprintln!("SKIPPED: {var} is not set (run scripts/test.sh)");
+            None
+        }
+    }
+}
+
+/// Polls `GET /v1/jobs/{id}` until `done` holds, for at most `within`.
+pub async fn wait_job(
+    env: &Env,
+    token: &str,
+    id: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let start = Instant::now();
+    loop {
+        let r = env.get(&format!("/v1/jobs/{id}"), Some(token)).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let j = r.json();
+        if done(&j) {
+            return j;
+        }
+        assert!(
+            !["failed", "completed"].contains(&j["status"].as_str().unwrap_or("")),
+            "job ended as {}: {}",
+            j["status"],
+            j["error"]
+        );
+        assert!(
+            start.elapsed() < within,
+            "job not in the wanted state within {within:?}: status {}, rounds_done {}",
+            j["status"],
+            j["rounds_done"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Issues a scientist token named `name` with the admin token.
+pub async fn scientist_token(env: &Env, name: &str) -> String {
+    let r = env
+        .post_json(
+            "/v1/tokens",
+            Some(&env.admin_token),
+            &serde_json::json!({"name": name, "role": "scientist"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["token"].as_str().unwrap().to_string()
+}
+
+/// Creates a job with `body`; its id.
+pub async fn create_job(env: &Env, token: &str, body: &serde_json::Value) -> String {
+    let r = env.post_json("/v1/jobs", Some(token), body).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["id"].as_str().unwrap().to_string()
 }
