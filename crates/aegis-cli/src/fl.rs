@@ -365,7 +365,7 @@ pub(crate) fn server_cmd(ks: &KeyStore, a: ServerArgs) -> Result<ExitCode> {
         );
         let shutdown = async move {
             stop.await;
-            eprintln!("aegis server: shutting down (the job resumes from its last checkpoint)");
+            note("aegis server: shutting down (the job resumes from its last checkpoint)");
         };
         Ok::<_, anyhow::Error>(aegis_server::run(listener, config, job, model, shutdown).await?)
     })?;
@@ -381,6 +381,12 @@ pub(crate) fn server_cmd(ks: &KeyStore, a: ServerArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(3)
     })
+}
+
+/// A line on stderr that never panics (stderr may be a closed pipe when a service stops).
+pub(crate) fn note(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// SIGINT or SIGTERM; both handlers are installed when this returns (inside a runtime).
@@ -418,7 +424,7 @@ fn serve_queue(
         );
         let shutdown = async move {
             stop.await;
-            eprintln!("aegis server: shutting down (a running job resumes after a restart)");
+            note("aegis server: shutting down (a running job resumes after a restart)");
         };
         let admin = aegis_server::AdminEndpoint {
             listener: admin_listener,

@@ -11,7 +11,7 @@ use aegis_transport::pki::{Ca, PkiDir};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::fl::{ClientAuthArg, host_of, runtime, server_tls, stop_signal};
+use crate::fl::{ClientAuthArg, host_of, note, runtime, server_tls, stop_signal};
 
 /// Default database: a SQLite file in the working directory.
 const DEFAULT_DATABASE: &str = "sqlite:aegis-gateway.db";
@@ -250,7 +250,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         };
         aegis_gateway::serve(listener, config, async move {
             stop.await;
-            eprintln!("aegis gateway: shutting down");
+            note("aegis gateway: shutting down");
         })
         .await?;
         Ok::<_, anyhow::Error>(())

@@ -210,15 +210,26 @@ fn model_chunks(params: usize) -> usize {
     (params * 4 + 4096).div_ceil(aegis_proto::MODEL_CHUNK) + 1
 }
 
-/// A watch that turns true when `shutdown` resolves.
+/// Sets its watch to true when dropped.
+struct StopOnDrop(watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// A watch that turns true when `shutdown` resolves — or ends any other way (a panic in it):
+/// a receiver never sees its sender vanish while still false, which would make every wait on
+/// it return at once.
 fn shutdown_watch<F>(shutdown: F) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>)
 where
     F: Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(async move {
+        let _stop = StopOnDrop(tx);
         shutdown.await;
-        let _ = tx.send(true);
     });
     (rx, task)
 }
@@ -322,7 +333,14 @@ where
         let next = tokio::select! {
             next = queue.next() => next,
             ev = runner.events.recv() => { if ev.is_none() { break Ok(()); } continue; }
-            _ = stop.changed() => continue,
+            // A shutdown future that ended without resolving (it panicked) also stops the
+            // server: `changed` fails from then on, and waiting on it again would spin.
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    break Ok(());
+                }
+                continue;
+            }
         };
         let (spec, model, job_stop) = match next {
             Ok(n) => n,
