@@ -748,34 +748,43 @@ pub struct JobView {
     /// bytes_received, degree, threshold, params, weight_sum, loss, accuracy,
     /// quantization_error.
     #[schema(value_type = Vec<Object>)]
-    history: Vec<serde_json::Value>,
+    history: Box<serde_json::value::RawValue>,
+}
+
+/// A job row with its request parsed. Rows never change once written, so they are kept in
+/// memory after the first read (the FL server's view of the job is cached separately, for
+/// [`crate::fl::STATUS_TTL`]).
+pub struct StoredJob {
+    row: JobRow,
+    spec: CreateJob,
+}
+
+impl StoredJob {
+    fn new(row: JobRow) -> ApiResult<StoredJob> {
+        let spec = serde_json::from_str(&row.spec)
+            .map_err(|e| ApiError::Internal(format!("job {}: stored spec: {e}", row.id)))?;
+        Ok(StoredJob { row, spec })
+    }
 }
 
 fn job_view(
-    row: JobRow,
+    job: &StoredJob,
     fl: Option<&aegis_proto::admin::Job>,
-    with_history: bool,
-) -> ApiResult<JobView> {
-    let spec: CreateJob = serde_json::from_str(&row.spec)
-        .map_err(|e| ApiError::Internal(format!("job {}: stored spec: {e}", row.id)))?;
-    let history = match fl {
-        Some(j) if with_history && !j.history_json.is_empty() => {
-            serde_json::from_str(&j.history_json).unwrap_or_default()
-        }
-        _ => Vec::new(),
-    };
-    Ok(JobView {
+    history: Option<&serde_json::value::RawValue>,
+) -> JobView {
+    let row = &job.row;
+    JobView {
         status: fl.map_or("unknown", status_name).to_string(),
         rounds_done: fl.map_or(0, |j| j.rounds_done),
         error: fl.and_then(|j| (!j.error.is_empty()).then(|| j.error.clone())),
-        rounds_total: spec.rounds,
-        id: row.id,
-        name: row.name,
-        owner: row.owner,
+        rounds_total: job.spec.rounds,
+        id: row.id.clone(),
+        name: row.name.clone(),
+        owner: row.owner.clone(),
         created_at: rfc3339(row.created_at),
-        spec,
-        history,
-    })
+        spec: job.spec.clone(),
+        history: history.map_or_else(crate::fl::empty_history, ToOwned::to_owned),
+    }
 }
 
 /// Create a job (scientist, admin): it is queued on the FL server.
@@ -819,6 +828,7 @@ pub async fn create_job(
         Ok(j) => j,
         Err(e) => {
             let _ = s.db.delete_job(&id).await;
+            crate::state::lock(&s.jobs).remove(&id);
             s.audit(
                 &caller.name,
                 "job.create",
@@ -841,9 +851,14 @@ pub async fn create_job(
         ),
     )
     .await;
+    let fl_job = crate::fl::FlJob::new(fl_job);
     Ok((
         StatusCode::CREATED,
-        Json(job_view(row, Some(&fl_job), true)?),
+        Json(job_view(
+            &StoredJob::new(row)?,
+            Some(&fl_job.job),
+            Some(&fl_job.history),
+        )),
     ))
 }
 
@@ -886,16 +901,28 @@ pub async fn list_jobs(
     rows.into_iter()
         .map(|r| {
             let j = fl.as_ref().and_then(|m| m.get(&r.id));
-            job_view(r, j, false)
+            Ok(job_view(&StoredJob::new(r)?, j, None))
         })
         .collect::<ApiResult<Vec<_>>>()
         .map(Json)
 }
 
-async fn job_row(s: &AppState, id: &str) -> ApiResult<JobRow> {
-    s.db.job(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("job not found".into()))
+/// The job `id` from memory, or from the database the first time.
+async fn stored_job(s: &AppState, id: &str) -> ApiResult<Arc<StoredJob>> {
+    if let Some(job) = crate::state::lock(&s.jobs).get(id) {
+        return Ok(Arc::clone(job));
+    }
+    let row =
+        s.db.job(id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("job not found".into()))?;
+    let job = Arc::new(StoredJob::new(row)?);
+    let mut jobs = crate::state::lock(&s.jobs);
+    if jobs.len() >= 100_000 {
+        jobs.clear();
+    }
+    jobs.insert(id.to_string(), Arc::clone(&job));
+    Ok(job)
 }
 
 /// One job with its per-round metrics (scientist, admin).
@@ -908,13 +935,17 @@ pub async fn get_job(
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobView>> {
     caller.require(&[Role::Admin, Role::Scientist], "read jobs")?;
-    let row = job_row(&s, &id).await?;
+    let job = stored_job(&s, &id).await?;
     let fl = match s.fl.job(&id).await {
         Ok(j) => Some(j),
         Err(ApiError::Unavailable(_)) => None,
         Err(e) => return Err(e),
     };
-    Ok(Json(job_view(row, fl.as_ref(), true)?))
+    Ok(Json(job_view(
+        &job,
+        fl.as_ref().map(|f| &f.job),
+        fl.as_ref().map(|f| &*f.history),
+    )))
 }
 
 /// Cancel a queued or running job (scientist, admin).
@@ -928,12 +959,12 @@ pub async fn cancel_job(
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobView>> {
     caller.require(&[Role::Admin, Role::Scientist], "cancel jobs")?;
-    let row = job_row(&s, &id).await?;
+    let job = stored_job(&s, &id).await?;
     let fl = s.fl.cancel(&id).await;
     let outcome = if fl.is_ok() { "success" } else { "error" };
     s.audit(&caller.name, "job.cancel", &id, outcome, "").await;
     let fl = fl?;
-    Ok(Json(job_view(row, Some(&fl), false)?))
+    Ok(Json(job_view(&job, Some(&fl), None)))
 }
 
 /// Download the job's current global model, decrypted: safetensors, streamed (scientist,
@@ -952,7 +983,7 @@ pub async fn job_model(
             .await;
         return Err(e);
     }
-    job_row(&s, &id).await?;
+    stored_job(&s, &id).await?;
     let stream = match s.fl.model(&id).await {
         Ok(st) => st,
         Err(e) => {

@@ -24,10 +24,35 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Every job's status by id, and when it was fetched.
 type JobsSnapshot = Option<(Arc<HashMap<String, Job>>, Instant)>;
 
+/// A job as the FL server last reported it, its round history checked as JSON once.
+#[derive(Debug)]
+pub struct FlJob {
+    /// The server's answer.
+    pub job: Job,
+    /// `job.history_json` (an array of round metrics), ready to embed in responses.
+    pub history: Box<serde_json::value::RawValue>,
+}
+
+impl FlJob {
+    /// Wraps the server's answer.
+    pub fn new(job: Job) -> FlJob {
+        let history = serde_json::value::RawValue::from_string(job.history_json.clone())
+            .ok()
+            .filter(|_| !job.history_json.is_empty())
+            .unwrap_or_else(empty_history);
+        FlJob { job, history }
+    }
+}
+
+/// `[]` as a raw JSON value.
+pub fn empty_history() -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string("[]".into()).unwrap_or_default()
+}
+
 /// The admin client.
 pub struct FlAdmin {
     client: AdminClient<Channel>,
-    jobs: Mutex<HashMap<String, (Job, Instant)>>,
+    jobs: Mutex<HashMap<String, (Arc<FlJob>, Instant)>>,
     list: Mutex<JobsSnapshot>,
     up: Mutex<Option<(bool, Instant)>>,
 }
@@ -98,11 +123,11 @@ impl FlAdmin {
     }
 
     /// A job with its history (cached for [`STATUS_TTL`]).
-    pub async fn job(&self, id: &str) -> Result<Job, ApiError> {
+    pub async fn job(&self, id: &str) -> Result<Arc<FlJob>, ApiError> {
         if let Some((job, at)) = lock(&self.jobs).get(id)
             && at.elapsed() < STATUS_TTL
         {
-            return Ok(job.clone());
+            return Ok(Arc::clone(job));
         }
         let job = self
             .client
@@ -111,11 +136,12 @@ impl FlAdmin {
             .await
             .map_err(map_status)?
             .into_inner();
+        let job = Arc::new(FlJob::new(job));
         let mut jobs = lock(&self.jobs);
         if jobs.len() > 10_000 {
             jobs.clear();
         }
-        jobs.insert(id.to_string(), (job.clone(), Instant::now()));
+        jobs.insert(id.to_string(), (Arc::clone(&job), Instant::now()));
         Ok(job)
     }
 

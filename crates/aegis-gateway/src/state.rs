@@ -47,6 +47,9 @@ pub struct AppState {
     pub ca: Option<Ca>,
     /// Counters.
     pub metrics: Metrics,
+    /// Job rows read so far (they never change).
+    pub(crate) jobs:
+        Mutex<std::collections::HashMap<String, std::sync::Arc<crate::api::StoredJob>>>,
     /// Rate limit of auth-failure audit entries: (second, entries written in it).
     auth_log: Mutex<(Option<Instant>, u32)>,
 }
@@ -60,6 +63,7 @@ impl AppState {
             tokens: TokenCache::default(),
             ca,
             metrics: Metrics::default(),
+            jobs: Mutex::new(std::collections::HashMap::new()),
             auth_log: Mutex::new((None, 0)),
         }
     }
