@@ -929,11 +929,7 @@ async fn stored_job(s: &AppState, id: &str) -> ApiResult<Arc<StoredJob>> {
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", security(("bearer" = [])),
     params(("id" = String, Path, description = "job id")),
     responses((status = 200, body = JobView), (status = 401, body = Detail), (status = 403, body = Detail), (status = 404, body = Detail)))]
-pub async fn get_job(
-    State(s): St,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiResult<Json<JobView>> {
+pub async fn get_job(State(s): St, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
     caller.require(&[Role::Admin, Role::Scientist], "read jobs")?;
     let job = stored_job(&s, &id).await?;
     let fl = match s.fl.job(&id).await {
@@ -941,11 +937,41 @@ pub async fn get_job(
         Err(ApiError::Unavailable(_)) => None,
         Err(e) => return Err(e),
     };
-    Ok(Json(job_view(
+    // The body depends only on the stored row and the FL server's answer, which is shared
+    // until its next refresh: serialize once per answer.
+    if let Some(f) = &fl
+        && let Some((seen, body)) = crate::state::lock(&s.views).get(&id)
+        && Arc::ptr_eq(seen, f)
+    {
+        return Ok(json_response(body.clone()));
+    }
+    let view = job_view(
         &job,
         fl.as_ref().map(|f| &f.job),
         fl.as_ref().map(|f| &*f.history),
-    )))
+    );
+    let body = bytes::Bytes::from(
+        serde_json::to_vec(&view).map_err(|e| ApiError::Internal(e.to_string()))?,
+    );
+    if let Some(f) = fl {
+        let mut views = crate::state::lock(&s.views);
+        if views.len() >= 10_000 {
+            views.clear();
+        }
+        views.insert(id, (f, body.clone()));
+    }
+    Ok(json_response(body))
+}
+
+fn json_response(body: bytes::Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Cancel a queued or running job (scientist, admin).

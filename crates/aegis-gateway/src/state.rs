@@ -47,6 +47,10 @@ pub struct AppState {
     pub ca: Option<Ca>,
     /// Counters.
     pub metrics: Metrics,
+    /// The last `GET /v1/jobs/{id}` body of each job, with the FL server's answer it was made
+    /// from.
+    pub(crate) views:
+        Mutex<std::collections::HashMap<String, (std::sync::Arc<crate::fl::FlJob>, bytes::Bytes)>>,
     /// Job rows read so far (they never change).
     pub(crate) jobs:
         Mutex<std::collections::HashMap<String, std::sync::Arc<crate::api::StoredJob>>>,
@@ -64,6 +68,7 @@ impl AppState {
             ca,
             metrics: Metrics::default(),
             jobs: Mutex::new(std::collections::HashMap::new()),
+            views: Mutex::new(std::collections::HashMap::new()),
             auth_log: Mutex::new((None, 0)),
         }
     }
