@@ -137,7 +137,7 @@ fn token(a: TokenArgs) -> Result<ExitCode> {
             &token.0.id,
             "success",
             &format!(
-                "name={} role={} (command line)",
+                "name={:?} role={} (command line)",
                 a.name,
                 Role::from(a.role).as_str()
             ),
@@ -247,6 +247,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             ca,
             max_body: a.max_body,
             acceptor: aegis_transport::AcceptorConfig::default(),
+            idle_timeout: aegis_gateway::serve::HEADER_READ_TIMEOUT,
         };
         aegis_gateway::serve(listener, config, async move {
             stop.await;
@@ -321,6 +322,7 @@ pub(crate) async fn start_demo_gateway(
         ca: Some(Ca::load(pki.dir())?),
         max_body: aegis_gateway::DEFAULT_MAX_BODY,
         acceptor: aegis_transport::AcceptorConfig::default(),
+        idle_timeout: aegis_gateway::serve::HEADER_READ_TIMEOUT,
     };
     let task = tokio::spawn(aegis_gateway::serve(listener, config, shutdown));
     let roots = ClientTls::from_pem_files(&pki.ca_cert(), None)?.into_config()?;

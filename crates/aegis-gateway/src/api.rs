@@ -65,7 +65,7 @@ pub struct Health {
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn healthz(State(s): St) -> Response {
-    let db = s.db.ping().await;
+    let db = s.db_up().await;
     let fl = s.fl.up().await;
     let word = |ok: bool| if ok { "ok" } else { "unreachable" }.to_string();
     let body = Health {
@@ -279,7 +279,7 @@ pub async fn create_token(
         "token.issue",
         &row.id,
         "success",
-        &format!("name={} role={}", row.name, row.role.as_str()),
+        &format!("name={:?} role={}", row.name, row.role.as_str()),
     )
     .await;
     Ok((
@@ -446,15 +446,29 @@ pub async fn enrol_client(
             "client {id} is already enrolled"
         )));
     }
-    let token = match issue_token(&s, &format!("client-{id}"), Role::Client, Some(id), None).await {
-        Ok((_, token)) => token,
-        Err(e) => {
-            let _ = s.db.delete_client(id).await;
-            return Err(e.into());
-        }
-    };
+    let (token_row, token) =
+        match issue_token(&s, &format!("client-{id}"), Role::Client, Some(id), None).await {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = s.db.delete_client(id).await;
+                return Err(e.into());
+            }
+        };
+    // A revocation of this id between the two inserts found no token to revoke: look again,
+    // after the token exists (a revocation after this check revokes the token itself).
+    if s.db
+        .client(id)
+        .await?
+        .is_none_or(|c| c.revoked_at.is_some())
+    {
+        s.db.revoke_token(&token_row.id).await?;
+        s.tokens.clear();
+        return Err(ApiError::Conflict(format!(
+            "client {id} was revoked while it was being enrolled"
+        )));
+    }
     let detail = format!(
-        "name={} certificate={}",
+        "name={:?} certificate={}",
         req.name,
         certificate_pem.is_some()
     );
@@ -1004,12 +1018,13 @@ pub async fn job_model(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
+    // Only jobs that exist are audited (the path is the caller's text).
+    stored_job(&s, &id).await?;
     if let Err(e) = caller.require(&[Role::Admin, Role::Scientist], "download models") {
-        s.audit(&caller.name, "model.download", &id, "denied", "role")
+        s.audit_limited(&caller.name, "model.download", &id, "role")
             .await;
         return Err(e);
     }
-    stored_job(&s, &id).await?;
     let stream = match s.fl.model(&id).await {
         Ok(st) => st,
         Err(e) => {

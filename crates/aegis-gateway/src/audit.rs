@@ -159,7 +159,7 @@ impl Verifier {
                 self.first_error = Some((e.seq, p));
             }
         }
-        self.expected_seq = e.seq + 1;
+        self.expected_seq = e.seq.saturating_add(1);
         self.prev_hash = e.hash.clone();
     }
 

@@ -130,9 +130,29 @@ impl Caller {
 #[derive(Default)]
 pub struct TokenCache {
     map: Mutex<HashMap<String, (Option<TokenRow>, Instant)>>,
+    /// Bumped by every [`TokenCache::clear`]: a lookup that started before a revocation must
+    /// not put its stale row back afterwards.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl TokenCache {
+    /// The current generation, to pass to [`TokenCache::put_if`].
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Caches `row` unless the cache was cleared since `generation` was read.
+    fn put_if(&self, generation: u64, hash: String, row: Option<TokenRow>) {
+        let mut map = crate::state::lock(&self.map);
+        if self.generation() != generation {
+            return;
+        }
+        if map.len() >= CACHE_MAX {
+            map.clear();
+        }
+        map.insert(hash, (row, Instant::now()));
+    }
+
     fn get(&self, hash: &str) -> Option<Option<TokenRow>> {
         let map = crate::state::lock(&self.map);
         map.get(hash)
@@ -140,17 +160,12 @@ impl TokenCache {
             .map(|(row, _)| row.clone())
     }
 
-    fn put(&self, hash: String, row: Option<TokenRow>) {
-        let mut map = crate::state::lock(&self.map);
-        if map.len() >= CACHE_MAX {
-            map.clear();
-        }
-        map.insert(hash, (row, Instant::now()));
-    }
-
     /// Forgets every lookup (after a revocation).
     pub fn clear(&self) {
-        crate::state::lock(&self.map).clear();
+        let mut map = crate::state::lock(&self.map);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        map.clear();
     }
 }
 
@@ -199,10 +214,14 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         let row = match state.tokens.get(&hash) {
             Some(row) => row,
             None => {
+                let generation = state.tokens.generation();
                 let row = state.db.token_by_hash(&hash).await.map_err(|e| {
-                    ApiError::Unavailable(format!("authentication unavailable: {e}"))
+                    // The database's words (hosts, users) are for the log, not for callers
+                    // who have not authenticated.
+                    tracing::error!(error = %e, "token lookup failed");
+                    ApiError::Unavailable("authentication unavailable".into())
                 })?;
-                state.tokens.put(hash, row.clone());
+                state.tokens.put_if(generation, hash, row.clone());
                 row
             }
         };

@@ -362,14 +362,20 @@ impl Db {
         Ok(())
     }
 
-    /// The next unused client id (one above the largest, starting at 1).
+    /// The next unused client id: one above the largest below 2^63 (ids are stored as i64),
+    /// starting at 1.
     pub async fn next_client_id(&self) -> Result<u64> {
-        let row = sqlx::query("SELECT MAX(client_id) AS m FROM clients")
+        let row = sqlx::query("SELECT MAX(client_id) AS m FROM clients WHERE client_id >= 0")
             .fetch_one(&self.pool)
             .await
             .map_err(db_err("choosing a client id"))?;
         let max: Option<i64> = row.try_get("m").map_err(db_err("choosing a client id"))?;
-        Ok(max.map_or(1, |m| (m as u64).saturating_add(1)))
+        match max {
+            None => Ok(1),
+            Some(m) => m.checked_add(1).map(|n| n as u64).ok_or_else(|| {
+                Error::Config("no client id left below 2^63; give client_id".into())
+            }),
+        }
     }
 
     /// One client.
@@ -508,8 +514,11 @@ impl Db {
                 ),
                 None => (0, audit::GENESIS.to_string()),
             };
+            let seq = prev_seq
+                .checked_add(1)
+                .ok_or_else(|| Error::Database("the audit log is full (seq overflow)".into()))?;
             let entry = Entry::new(
-                prev_seq + 1,
+                seq,
                 now_ms(),
                 actor,
                 action,

@@ -67,6 +67,9 @@ pub struct GatewayConfig {
     pub max_body: usize,
     /// Handshake timeout and connection limits.
     pub acceptor: AcceptorConfig,
+    /// How long a connection may wait before sending a request's headers (then it is closed),
+    /// and the HTTP/2 ping interval ([`serve::HEADER_READ_TIMEOUT`] by default).
+    pub idle_timeout: Duration,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -187,32 +190,11 @@ where
     let mut tls = Arc::unwrap_or_clone(config.tls);
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let incoming = TlsIncoming::with_config(listener, Arc::new(tls), config.acceptor);
-    let listener =
-        serve::TlsListener::new(incoming).map_err(|e| Error::Io(format!("listener: {e}")))?;
     let state = Arc::new(AppState::new(config.db, config.fl, config.ca));
     let sync = tokio::spawn(sync_revocations(Arc::clone(&state)));
-    let app = app(Arc::clone(&state), config.max_body)
-        .into_make_service_with_connect_info::<serve::Peer>();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let mut rx = stop_rx;
-        let _ = rx.wait_for(|s| *s).await;
-    });
-    let mut server = std::pin::pin!(server.into_future());
-    let result = tokio::select! {
-        r = &mut server => r,
-        () = shutdown => {
-            let _ = stop_tx.send(true);
-            match tokio::time::timeout(Duration::from_secs(10), &mut server).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!("connections did not finish within 10 s");
-                    Ok(())
-                }
-            }
-        }
-    };
+    let app = app(Arc::clone(&state), config.max_body);
+    serve::run(incoming, app, config.idle_timeout, shutdown).await;
     sync.abort();
     state.db.close().await;
-    result.map_err(|e| Error::Io(format!("serving: {e}")))
+    Ok(())
 }

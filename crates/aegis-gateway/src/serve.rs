@@ -1,51 +1,85 @@
-//! HTTPS for axum over aegis-transport's acceptor (TLS 1.3 only, handshake timeouts, bounded
-//! handshakes and connections), and the response headers every answer carries.
+//! HTTPS for the axum router over aegis-transport's acceptor (TLS 1.3 only, handshake timeouts,
+//! bounded handshakes and connections) with hyper's header-read and keep-alive timers, and the
+//! response headers every answer carries.
 
-use std::net::SocketAddr;
-
-use aegis_transport::{PeerInfo, TlsConn, TlsIncoming};
+use aegis_transport::{PeerInfo, TlsIncoming};
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::serve::IncomingStream;
 
-/// axum's listener over established TLS connections.
-pub struct TlsListener {
-    incoming: TlsIncoming,
-    addr: SocketAddr,
-}
+/// How long a connection may stay silent before its next request's headers (HTTP/1.1; hyper
+/// starts the clock as soon as it waits for a request), and the HTTP/2 ping interval and
+/// timeout: idle connections cannot keep the bounded connection slots forever.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-impl TlsListener {
-    /// Wraps an acceptor.
-    pub fn new(incoming: TlsIncoming) -> std::io::Result<TlsListener> {
-        let addr = incoming.local_addr()?;
-        Ok(TlsListener { incoming, addr })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsConn;
-    type Addr = PeerInfo;
-
-    async fn accept(&mut self) -> (TlsConn, PeerInfo) {
-        match self.incoming.accept().await {
-            Some(conn) => {
-                let peer = conn.peer_info();
-                (conn, peer)
+/// Serves `app` on every connection `incoming` yields until `shutdown` resolves, then lets
+/// requests in progress finish (up to 10 s). HTTP/2 when ALPN chose it, HTTP/1.1 otherwise, with
+/// hyper's timers on: headers must arrive within `idle_timeout` (so an idle connection is
+/// closed after it), HTTP/2 peers must answer pings.
+pub async fn run<F>(
+    mut incoming: TlsIncoming,
+    app: axum::Router,
+    idle_timeout: std::time::Duration,
+    shutdown: F,
+) where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    // One builder per protocol, chosen by the connection's ALPN: hyper's version sniffing
+    // would wait for the first bytes without a timeout, before any of the timers below apply.
+    let mut h1 = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    h1.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle_timeout)
+        .keep_alive(true);
+    let mut h2 = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http2_only();
+    h2.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(idle_timeout)
+        .keep_alive_timeout(std::time::Duration::from_secs(20))
+        .max_concurrent_streams(64);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let conn = tokio::select! {
+            c = incoming.accept() => match c {
+                Some(c) => c,
+                None => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let builder = if conn.alpn_protocol() == Some(b"h2".as_slice()) {
+            &h2
+        } else {
+            &h1
+        };
+        let peer = Peer(conn.peer_info());
+        let router = app.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer.clone()));
+                let mut router = router.clone();
+                // A Router is always ready; `call` needs no `poll_ready` first.
+                tower_service::Service::call(&mut router, req)
+            });
+        let served = builder
+            .serve_connection(TokioIo::new(conn), service)
+            .into_owned();
+        let watched = graceful.watch(served);
+        tokio::spawn(async move {
+            if let Err(e) = watched.await {
+                tracing::debug!(error = %e, "connection ended with an error");
             }
-            // The accept task ended (its listener failed): accept nothing more; graceful
-            // shutdown still ends the server.
-            None => std::future::pending().await,
-        }
+        });
     }
-
-    fn local_addr(&self) -> std::io::Result<PeerInfo> {
-        Ok(PeerInfo {
-            remote_addr: self.addr,
-            client_id: None,
-            certificate: None,
-        })
+    drop(incoming);
+    if tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections did not finish within 10 s");
     }
 }
 
@@ -58,12 +92,6 @@ impl std::ops::Deref for Peer {
     type Target = PeerInfo;
     fn deref(&self) -> &PeerInfo {
         &self.0
-    }
-}
-
-impl axum::extract::connect_info::Connected<IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Peer {
-        Peer(stream.remote_addr().clone())
     }
 }
 

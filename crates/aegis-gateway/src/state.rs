@@ -26,7 +26,8 @@ pub struct Metrics {
     pub responses: [AtomicU64; 5],
     /// Requests refused for authentication.
     pub auth_failures: AtomicU64,
-    /// Authentication failures not written to the audit log (rate limit).
+    /// Refusals (authentication failures and denied actions) not written to the audit log
+    /// (rate limit).
     pub auth_failures_unlogged: AtomicU64,
     /// Audit entries appended.
     pub audit_entries: AtomicU64,
@@ -54,6 +55,8 @@ pub struct AppState {
     /// Job rows read so far (they never change).
     pub(crate) jobs:
         Mutex<std::collections::HashMap<String, std::sync::Arc<crate::api::StoredJob>>>,
+    /// The database's last health check and when it ran.
+    db_up: Mutex<Option<(bool, Instant)>>,
     /// Rate limit of auth-failure audit entries: (second, entries written in it).
     auth_log: Mutex<(Option<Instant>, u32)>,
 }
@@ -70,7 +73,21 @@ impl AppState {
             jobs: Mutex::new(std::collections::HashMap::new()),
             views: Mutex::new(std::collections::HashMap::new()),
             auth_log: Mutex::new((None, 0)),
+            db_up: Mutex::new(None),
         }
+    }
+
+    /// Whether the database answers (checked at most once a second: `/healthz` needs no
+    /// token, so its callers must not reach the database at will).
+    pub async fn db_up(&self) -> bool {
+        if let Some((up, at)) = *lock(&self.db_up)
+            && at.elapsed().as_secs() < 1
+        {
+            return up;
+        }
+        let up = self.db.ping().await;
+        *lock(&self.db_up) = Some((up, Instant::now()));
+        up
     }
 
     /// Appends an audit entry; a failure to write it is logged (the action has happened).
@@ -93,6 +110,15 @@ impl AppState {
     /// Records a refused authentication (rate-limited in the audit log, always counted).
     pub async fn auth_failure(&self, remote: &str, why: &str) {
         self.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(remote, reason = why, "authentication refused");
+        self.audit_limited("anonymous", "auth.failure", remote, why)
+            .await;
+    }
+
+    /// Appends a `denied` entry, at most [`AUTH_FAILURE_ENTRIES_PER_SEC`] per second with the
+    /// count of those left out in the next one: refusals are cheap to cause in bulk, and must
+    /// not flood the log nor hold its lock.
+    pub async fn audit_limited(&self, actor: &str, action: &str, target: &str, why: &str) {
         let write = {
             let mut log = lock(&self.auth_log);
             let fresh = log.0.is_none_or(|t| t.elapsed().as_secs() >= 1);
@@ -113,12 +139,10 @@ impl AppState {
             .auth_failures_unlogged
             .swap(0, Ordering::Relaxed);
         let detail = if unlogged > 0 {
-            format!("{why}; {unlogged} earlier failures not logged (rate limit)")
+            format!("{why}; {unlogged} earlier refusals not logged (rate limit)")
         } else {
             why.to_string()
         };
-        tracing::info!(remote, reason = why, "authentication refused");
-        self.audit("anonymous", "auth.failure", remote, "denied", &detail)
-            .await;
+        self.audit(actor, action, target, "denied", &detail).await;
     }
 }

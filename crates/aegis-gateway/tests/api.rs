@@ -303,6 +303,24 @@ async fn suite(url: String) {
     assert_eq!(clients.status, 200);
     assert_eq!(clients.json().as_array().unwrap().len(), 2);
     assert_eq!(clients.json()[0]["has_certificate"], true);
+    // A very large id (stored as a negative i64) does not stop automatic ids.
+    let r = env
+        .post_json(
+            "/v1/clients",
+            Some(admin),
+            &json!({"client_id": u64::MAX, "name": "max"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let r = env
+        .post_json("/v1/clients", Some(admin), &json!({"name": "next"}))
+        .await;
+    assert_eq!(
+        r.json()["client_id"],
+        9,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     assert_eq!(env.get("/v1/clients", Some(sci)).await.status, 403);
     let me = env.get("/v1/clients/me", Some(&client7)).await;
     assert_eq!((me.status, me.json()["client_id"].as_u64()), (200, Some(7)));

@@ -141,7 +141,7 @@ async fn gateway_under_wrk_load() {
         .iter()
         .filter_map(|e| e["detail"].as_str())
         .filter_map(|d| {
-            let head = d.split(" earlier failures not logged").next()?;
+            let head = d.split(" earlier refusals not logged").next()?;
             if head.len() == d.len() {
                 return None;
             }

@@ -121,3 +121,29 @@ async fn required_client_certificates_refuse_clients_without_one() {
     );
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed() {
+    use tokio::io::AsyncReadExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Opts {
+        idle_timeout: Duration::from_secs(1),
+        ..Opts::default()
+    };
+    let env = Env::start(database("sqlite", dir.path()).await.unwrap(), opts).await;
+    // A TLS connection that never sends a request does not keep its slot.
+    let mut silent = env.tls().await;
+    let mut buf = [0u8; 512];
+    let start = std::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
+        .await
+        .expect("the gateway closed the idle connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "closed too early"
+    );
+    // Connections that do send requests are served as usual.
+    assert_eq!(env.get("/healthz", None).await.status, 200);
+    env.stop().await;
+}

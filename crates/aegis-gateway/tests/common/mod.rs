@@ -89,6 +89,7 @@ impl Resp {
 pub struct Opts {
     pub mtls: ClientAuth,
     pub max_body: usize,
+    pub idle_timeout: Duration,
 }
 
 impl Default for Opts {
@@ -96,6 +97,7 @@ impl Default for Opts {
         Opts {
             mtls: ClientAuth::Optional,
             max_body: 64 * 1024,
+            idle_timeout: aegis_gateway::serve::HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -186,6 +188,7 @@ impl Env {
             ca: Some(Ca::load(&pki_dir).unwrap()),
             max_body: opts.max_body,
             acceptor: aegis_transport::AcceptorConfig::default(),
+            idle_timeout: opts.idle_timeout,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gw_addr = listener.local_addr().unwrap();
@@ -212,6 +215,15 @@ impl Env {
     }
 
     /// An HTTPS/1.1 client trusting the dev CA, optionally with a client certificate.
+    /// A TLS 1.3 connection to the gateway (no HTTP yet).
+    pub async fn tls(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        self.client(None)
+            .connector
+            .connect(self.gw_addr, "localhost")
+            .await
+            .unwrap()
+    }
+
     pub fn client(&self, identity: Option<(&Path, &Path)>) -> HttpsClient {
         let mut cfg = Arc::unwrap_or_clone(
             ClientTls::from_pem_files(&self.pki().ca_cert(), identity)
