@@ -29,6 +29,22 @@ struct Queued {
 }
 
 async fn start(fed: &Fed) -> Queued {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (admin, task) = serve_until(fed, async {
+        let _ = stopped.await;
+    })
+    .await;
+    Queued { admin, stop, task }
+}
+
+/// `serve` on 127.0.0.1 until `shutdown` resolves: the admin address and the server task.
+async fn serve_until(
+    fed: &Fed,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (
+    SocketAddr,
+    tokio::task::JoinHandle<aegis_server::Result<()>>,
+) {
     let config = ServerConfig::new(
         fed.server_tls(ClientAuth::Required),
         fed.state_dir(),
@@ -37,7 +53,6 @@ async fn start(fed: &Fed) -> Queued {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = admin_listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(aegis_server::serve(
         listener,
         AdminEndpoint {
@@ -45,11 +60,9 @@ async fn start(fed: &Fed) -> Queued {
             tls: fed.server_tls(ClientAuth::Required),
         },
         config,
-        async {
-            let _ = stopped.await;
-        },
+        shutdown,
     ));
-    Queued { admin, stop, task }
+    (admin, task)
 }
 
 impl Queued {
@@ -199,25 +212,11 @@ async fn jobs_survive_a_restart_and_only_administrators_get_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_future_that_panics_still_stops_the_server() {
     let fed = Fed::new(0);
-    let config = ServerConfig::new(
-        fed.server_tls(ClientAuth::Required),
-        fed.state_dir(),
-        fed.keys.clone(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let task = tokio::spawn(aegis_server::serve(
-        listener,
-        AdminEndpoint {
-            listener: admin_listener,
-            tls: fed.server_tls(ClientAuth::Required),
-        },
-        config,
-        async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            panic!("the shutdown signal's future failed");
-        },
-    ));
+    let (_, task) = serve_until(&fed, async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        panic!("the shutdown signal's future failed");
+    })
+    .await;
     let res = tokio::time::timeout(Duration::from_secs(20), task)
         .await
         .expect("the server stopped instead of spinning");
